@@ -1,0 +1,50 @@
+# Sluice developer entry points. `make test` works on a fresh Debian 12 machine as root:
+# it installs the Debian packages the suite needs, builds .venv, lints and runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 ethtool tcpdump iperf3 \
+	containernetworking-plugins python3-venv python3-dev gcc make procps iputils-ping \
+	ncat kmod util-linux
+# Packages whose absence makes a test fail loudly rather than skip (see tests/conftest.py).
+MYPY_STRICT := flows cni
+
+.PHONY: test deps venv lint unit pytest docs clean lab
+
+test: deps venv lint pytest
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict $(MYPY_STRICT)
+
+pytest: venv
+	$(BIN)/python -m pytest tests
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+docs: venv
+	$(BIN)/sluice docs pipeline --write docs/pipeline.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The Sluice CNI plugin executable: standard library only, so that it starts fast."""

@@ -1,0 +1,1 @@
+"""The central Sluice controller (not built yet: see issue 5)."""

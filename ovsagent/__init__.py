@@ -1,0 +1,1 @@
+"""The Sluice node agent: OVSDB, pod attachment, IPAM and the CNI server."""

@@ -1,0 +1,37 @@
+"""Helpers shared by every test folder: the skip-locally, fail-in-CI rule for missing prerequisites."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def in_ci() -> bool:
+    """Return True when running under CI (`CI=true`), where nothing may be skipped."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip the test with `reason` when `ok` is false; under CI, fail it instead.
+
+    `reason` must say how to get the prerequisite (usually: run `make test` as root).
+    """
+    if ok:
+        return
+    if in_ci():
+        pytest.fail(f"prerequisite missing in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_root_and_ovs() -> None:
+    """Require root, `ip netns` and the Open vSwitch daemons and tools."""
+    require(os.geteuid() == 0, "needs root for network namespaces: run `make test` as root")
+    for tool in ("ip", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovs-appctl"):
+        require(
+            shutil.which(tool) is not None
+            or os.path.exists(f"/usr/sbin/{tool}")
+            or os.path.exists(f"/usr/bin/{tool}"),
+            f"needs {tool}: `make test` installs openvswitch-switch and iproute2",
+        )

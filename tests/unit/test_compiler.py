@@ -1,0 +1,88 @@
+"""The compiler: golden flow sets (compared as sets), per-object counts, determinism, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from flows import cookies
+from flows.cluster import Cluster, ClusterError, PodSpec
+from flows.compiler import compile_cluster, compile_node, local_pod_flows, remote_flows
+from flows.example import example_cluster
+from flows.flowset import FlowConflictError, FlowSet
+from flows.model import Flow, Match, Output
+from flows.ofctl import render_flows
+from flows.tables import OUTPUT
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("node", ["node-1", "node-2"])
+def test_compiled_flows_equal_golden_set(node: str) -> None:
+    got = set(render_flows(compile_node(example_cluster(), node)).splitlines())
+    want = set((GOLDEN / f"{node}.flows").read_text().splitlines())
+    assert got - want == set(), "flows compiled but not in the golden file"
+    assert want - got == set(), "golden flows no longer compiled"
+
+
+def test_compile_is_deterministic_and_order_independent() -> None:
+    c = example_cluster()
+    shuffled = Cluster(tuple(reversed(c.nodes)), tuple(reversed(c.pods)))
+    assert compile_cluster(c) == compile_cluster(shuffled)
+
+
+def test_flow_budget_per_local_pod_and_remote_node() -> None:
+    c = example_cluster()
+    n1, n2 = c.nodes
+    assert len(local_pod_flows(n1, c.pods_on("node-1")[0])) <= 6
+    assert len(remote_flows(n1, n2)) <= 2
+
+
+def test_pod_flows_carry_the_pod_cookie() -> None:
+    c = example_cluster()
+    flows = compile_node(c, "node-1")
+    pod = c.pods_on("node-1")[0]
+    mine = flows.with_cookie(cookies.pod_cookie(pod.namespace, pod.name))
+    assert len(mine) == len(local_pod_flows(c.node("node-1"), pod))
+    decoded = cookies.decode(mine[0].cookie)
+    assert decoded.category == cookies.Category.POD
+    assert decoded.generation == cookies.GENERATION
+
+
+def test_pod_without_ofport_gets_no_flows_yet() -> None:
+    c = example_cluster()
+    pods = tuple(dataclasses.replace(p, ofport=None) if p.name == "web-1" else p for p in c.pods)
+    before = compile_node(c, "node-1")
+    after = compile_node(Cluster(c.nodes, pods), "node-1")
+    assert len(before) - len(after) == 5
+    # other nodes do not depend on a remote pod's port at all
+    assert compile_node(c, "node-2") == compile_node(Cluster(c.nodes, pods), "node-2")
+
+
+def test_cluster_rejects_overlapping_cidrs_and_duplicate_ips() -> None:
+    c = example_cluster()
+    n1, n2 = c.nodes
+    with pytest.raises(ClusterError, match="overlapping"):
+        Cluster((n1, dataclasses.replace(n2, pod_cidr=ipaddress.IPv4Network("100.64.1.0/25"))), ())
+    dup = PodSpec("default", "copy", "node-1", ipaddress.IPv4Address("100.64.1.10"), 9)
+    with pytest.raises(ClusterError, match="share IP"):
+        Cluster(c.nodes, (*c.pods, dup))
+    gw = PodSpec("default", "gw", "node-1", ipaddress.IPv4Address("100.64.1.1"), 9)
+    with pytest.raises(ClusterError, match="not a pod address"):
+        Cluster(c.nodes, (gw,))
+    with pytest.raises(ClusterError, match="unknown node"):
+        Cluster(
+            c.nodes,
+            (dataclasses.replace(dup, node="node-9", ip=ipaddress.IPv4Address("100.64.1.99")),),
+        )
+
+
+def test_flowset_refuses_two_different_flows_on_one_key() -> None:
+    a = Flow(OUTPUT, 1, Match.of(reg1=1), (Output(1),))
+    b = Flow(OUTPUT, 1, Match.of(reg1=1), (Output(2),))
+    assert len(FlowSet.of([a, a])) == 1
+    with pytest.raises(FlowConflictError, match="two flows for table=output"):
+        FlowSet.of([a, b])
