@@ -1,0 +1,124 @@
+"""The `sluice-cni` executable: answers VERSION itself and hands every other command to cni.invocation.
+
+The runtime runs it with CNI_* environment variables and the network config on stdin. VERSION is
+answered here; ADD, DEL, CHECK, STATUS and GC are checked against the spec and forwarded to the
+agent's unix socket by `cni.invocation`. stdout carries only the result or the CNI error JSON; logs
+go to stderr.
+
+Start-up cost shapes this module: it is kept small and imports only what VERSION needs (`os`, `sys`,
+`time`, which Python has loaded anyway, plus `select` and the C JSON scanner `_json`), so VERSION
+costs about what `python -c pass` costs. Forwarded commands import the rest lazily.
+"""
+
+# No `from __future__ import annotations`: on the VERSION path even that import is measurable.
+
+import os
+import sys
+import time
+
+from cni.stdio import StdinError, read_stdin, write_stdout
+from cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS
+
+#: VERSION only reads stdin to echo the requested cniVersion; without it, it answers anyway.
+VERSION_STDIN_TIMEOUT_SECONDS = 2.0
+
+_PLAIN_VERSION_CHARS = frozenset("0123456789.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-+_")
+
+
+class _ScanContext:
+    # The attributes the C JSON scanner reads from its context (json.decoder.JSONDecoder's).
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # 'NaN', 'Infinity', '-Infinity'
+
+
+def _parse_json_cheaply(text: str) -> object:
+    """Parse a JSON document without importing `json` (whose `re` import doubles VERSION's cost).
+
+    Uses the C scanner that `json` itself is built on; falls back to `json` if it is missing.
+    Raises ValueError (or RecursionError) on invalid input.
+    """
+    try:
+        from _json import make_scanner
+    except ImportError:  # a Python built without the accelerator
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip())
+    try:
+        value, end = make_scanner(_ScanContext())(text, start)  # type: ignore[arg-type]
+    except StopIteration as exc:
+        raise ValueError("not a JSON document") from exc
+    if text[end:].strip():
+        raise ValueError("extra data after the JSON document")
+    return value
+
+
+def _requested_version(data: bytes) -> str | None:
+    """Return the cniVersion a VERSION caller sent on stdin, or None when it sent none."""
+    try:
+        text = data.decode("utf-8")
+        if not text.strip():
+            return None
+        document = _parse_json_cheaply(text)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(document, dict):
+        version = document.get("cniVersion")
+        if isinstance(version, str) and version:
+            return version
+    return None
+
+
+def _json_string(value: str) -> str:
+    if all(c in _PLAIN_VERSION_CHARS for c in value):
+        return f'"{value}"'
+    import json
+
+    return json.dumps(value)
+
+
+def _version() -> int:
+    """Answer VERSION. The spec says: echo the input's cniVersion (libcni's skel answers its own).
+
+    We echo the input's cniVersion when there is one (whether or not we support it: the list
+    tells the caller) and answer with CURRENT_VERSION otherwise. Stdin that is empty, not JSON,
+    or never closed does not fail VERSION.
+    """
+    try:
+        data = read_stdin(VERSION_STDIN_TIMEOUT_SECONDS, skip_tty=True)
+    except StdinError:
+        data = b""
+    version = _requested_version(data) or CURRENT_VERSION
+    supported = ",".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+    write_stdout(f'{{"cniVersion":{_json_string(version)},"supportedVersions":[{supported}]}}')
+    return 0
+
+
+def main() -> int:
+    """Run one CNI call from the environment and stdin; print its result or error; return the exit code."""
+    started = time.monotonic()
+    try:
+        if os.environ.get("CNI_COMMAND") == "VERSION":
+            try:
+                return _version()
+            except BaseException as exc:
+                from cni.invocation import Invocation
+
+                return Invocation(os.environ, started).fail(exc)
+        from cni.invocation import Invocation
+
+        return Invocation(os.environ, started).run()
+    except BaseException:  # the plugin itself is broken (e.g. a failed import): still a CNI error
+        write_stdout(
+            f'{{"cniVersion":"{CURRENT_VERSION}","code":999,'
+            '"msg":"internal error in sluice-cni: the plugin failed to start","details":""}'
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
