@@ -1,0 +1,60 @@
+"""The agent's readiness probe against a real bridge: flows by pod cookie over the mgmt socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flows import cookies
+from flows.compiler import compile_node
+from flows.example import example_cluster
+from flows.ofctl import render_flows
+from lab.ovs import OvsNode
+from ovsagent.flowprobe import FlowProbe, FlowProbeError, pod_cookie
+from tests.conftest import OvsNodeFactory
+
+
+def test_agent_pod_cookie_matches_the_pipeline_cookie_layout() -> None:
+    for ns, name in [("default", "web-1"), ("kube-system", "coredns-5d78c9869d-abcde"), ("x", "")]:
+        assert cookies.pod_cookie(ns, name) & ((1 << 56) - 1) == pod_cookie(ns, name)
+
+
+@pytest.fixture
+def node(ovs_node_factory: OvsNodeFactory) -> OvsNode:
+    return ovs_node_factory("probe")
+
+
+def test_probe_sees_a_pods_flows_only_once_they_are_installed(node: OvsNode) -> None:
+    probe = FlowProbe(node.paths.mgmt("br-int"))
+    web = pod_cookie("default", "web-1")
+    assert not probe.has_flows(web)
+    flows = render_flows(compile_node(example_cluster(), "node-1"))
+    timer = threading.Timer(0.3, node.add_flows, ("br-int", flows))
+    timer.start()
+    try:
+        started = time.monotonic()
+        assert probe.wait_for_flows(web, timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        timer.join()
+    # it returned because the flows appeared, not because it gave up
+    assert 0.25 <= waited < 5, waited
+    assert not probe.has_flows(pod_cookie("default", "web-2"))  # a pod of the other node
+    probe.close()
+
+
+def test_wait_gives_up_after_the_timeout(node: OvsNode) -> None:
+    probe = FlowProbe(node.paths.mgmt("br-int"))
+    started = time.monotonic()
+    assert not probe.wait_for_flows(pod_cookie("default", "never"), timeout=0.4)
+    assert 0.4 <= time.monotonic() - started < 2
+
+
+def test_missing_bridge_is_an_error_not_a_false(node: OvsNode) -> None:
+    probe = FlowProbe(node.paths.mgmt("br-int"))
+    assert not probe.has_flows(pod_cookie("default", "web-1"))
+    node.del_bridge("br-int")
+    with pytest.raises(FlowProbeError, match="cannot query flows"):
+        probe.has_flows(pod_cookie("default", "web-1"))
