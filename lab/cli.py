@@ -14,6 +14,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("docs", "pipeline"): ("lab.docs:pipeline_main", "generate or check docs/pipeline.md"),
     ("lab", "apiserver"): ("lab.apiserver.main:main", "run the lab's Kubernetes API stand-in"),
     ("check-config", "agent"): ("ovsagent.config:check_config_main", "validate an agent config"),
+    ("check-config", "controller"): ("controller.config:check_config_main", "validate a controller config"),
 }
 
 

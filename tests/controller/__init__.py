@@ -1,0 +1,1 @@
+"""Tests of the controller: cluster model, dirty set, OpenFlow messages, config."""
