@@ -1,0 +1,878 @@
+"""The agent's one door to OVSDB: a python-ovs IDL replica driven by its own thread, and batched transactions.
+
+Design (after ovsdbapp's `Connection`, smaller). One daemon thread owns the `ovs.db.idl.Idl`: it
+blocks in an `ovs.poller.Poller` on the IDL's socket and on a wake-up pipe, calls `Idl.run()`, and
+runs the jobs other threads hand it. No other thread touches the IDL, so no lock guards the
+replica. A job either reads the replica and returns plain values (`PortRecord`, ...), or builds
+and commits one transaction (`Transaction.commit_block()`, retried on TRY_AGAIN, the status OVSDB
+returns when a `verify` failed or the connection dropped mid-commit). Callers wait on a Future.
+
+Writes that need ovs-vswitchd to act (a new port needs an ofport) increment `Open_vSwitch.next_cfg`
+in the same transaction, as `ovs-vsctl` does, and the caller then waits until vswitchd reports
+`cur_cfg >= next_cfg`. That wait (about 30 ms on the userspace datapath) is paid once per
+transaction, not per port: `add_pod_ports` and `del_ports` put any number of ports in one
+transaction. The wait is a predicate the IDL thread re-checks after every update, so the thread
+keeps serving other callers meanwhile.
+
+Only the tables and columns used here are replicated (SchemaHelper.register_columns). The schema
+is fetched from the server (`get_schema`), so it always matches the running ovsdb-server; if the
+server is not reachable yet, the installed vswitch.ovsschema is used and the IDL keeps
+reconnecting in the background.
+
+python-ovs logs through its own `ovs.vlog.Vlog`, which stays silent until `Vlog.init()` takes over
+the process's logging; like Neutron, `Connection.start()` routes those messages to the
+`ovsagent.ovsdb.ovs` logger instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import ovs.db.idl
+import ovs.json
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+import ovs.vlog
+
+log = logging.getLogger(__name__)
+_ovs_log = logging.getLogger(__name__ + ".ovs")
+
+T = TypeVar("T")
+OVS_DEBUG = logging.DEBUG - 5
+
+DEFAULT_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+DB_NAME = "Open_vSwitch"
+
+# The tables and columns the agent reads or writes; nothing else is replicated.
+COLUMNS: dict[str, list[str]] = {
+    "Open_vSwitch": ["bridges", "next_cfg", "cur_cfg", "external_ids"],
+    "Bridge": [
+        "name",
+        "ports",
+        "controller",
+        "fail_mode",
+        "protocols",
+        "datapath_type",
+        "datapath_id",
+        "other_config",
+        "external_ids",
+    ],
+    "Port": ["name", "interfaces", "external_ids"],
+    "Interface": [
+        "name",
+        "type",
+        "options",
+        "ofport",
+        "ofport_request",
+        "mac",
+        "error",
+        "external_ids",
+    ],
+    "Controller": ["target", "inactivity_probe", "connection_mode", "is_connected"],
+}
+
+TUNNEL_PORT = "sluice-tun0"
+TUNNEL_OFPORT = 10
+
+
+class OvsdbError(Exception):
+    """An OVSDB operation failed; the message says which and why (the server's error if any)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    """A port to create (or bring up to date) on a bridge: one Interface of the same name.
+
+    `type` is the Interface type: "" for an existing Linux device such as a veth end, "internal"
+    for a device OVS creates. `mac` applies to internal ports only (OVS sets the device's MAC).
+    """
+
+    name: str
+    type: str = ""
+    ofport_request: int | None = None
+    mac: str | None = None
+    external_ids: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PortRecord:
+    """A port as OVSDB has it: its bridge, its interface's type, ofport (None until assigned,
+    -1 when vswitchd failed to open it, with `error` saying why) and external_ids."""
+
+    name: str
+    bridge: str | None
+    type: str
+    ofport: int | None
+    external_ids: Mapping[str, str]
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeRecord:
+    """A bridge's settings as OVSDB has them."""
+
+    name: str
+    datapath_type: str
+    fail_mode: str | None
+    protocols: tuple[str, ...]
+    datapath_id: str | None
+    controllers: tuple[str, ...]
+    external_ids: Mapping[str, str]
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    predicate: Callable[[], bool]
+    future: Future[None]
+
+
+def route_python_ovs_logging() -> None:
+    """Send python-ovs's vlog messages to the `ovsagent.ovsdb.ovs` logger (idempotent)."""
+
+    def emit(level: int) -> Callable[..., None]:
+        def log_message(_self: object, message: str, **_kwargs: Any) -> None:
+            _ovs_log.log(level, "%s", message)
+
+        return log_message
+
+    vlog = ovs.vlog.Vlog
+    vlog.emer = emit(logging.CRITICAL)
+    vlog.err = emit(logging.ERROR)
+    vlog.warn = emit(logging.WARNING)
+    vlog.info = emit(logging.INFO)
+    # python-ovs logs every poll wake-up at debug level: keep that below our own DEBUG.
+    vlog.dbg = emit(OVS_DEBUG)
+
+
+def fetch_schema(target: str, timeout: float) -> dict[str, Any]:
+    """Return the Open_vSwitch schema JSON served at `target`; raises OvsdbError if it cannot."""
+    deadline = time.monotonic() + timeout
+    error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(target), int(timeout * 1000))
+    if error:
+        raise OvsdbError(f"cannot connect to OVSDB at {target}: {os.strerror(error)}")
+    rpc = ovs.jsonrpc.Connection(stream)
+    try:
+        request = ovs.jsonrpc.Message.create_request("get_schema", [DB_NAME])
+        error = rpc.send(request)
+        while True:
+            if error:
+                raise OvsdbError(f"get_schema from {target} failed: {os.strerror(error)}")
+            error, reply = rpc.recv()
+            if error == errno.EAGAIN:
+                if time.monotonic() > deadline:
+                    raise OvsdbError(f"get_schema from {target}: no answer within {timeout}s")
+                poller = ovs.poller.Poller()
+                rpc.run()
+                rpc.wait(poller)
+                rpc.recv_wait(poller)
+                poller.timer_wait(50)
+                poller.block()
+                error = 0
+                continue
+            if error:
+                continue
+            if reply.id != request.id:
+                continue
+            if reply.error:
+                raise OvsdbError(f"get_schema from {target}: {reply.error}")
+            result: dict[str, Any] = reply.result
+            return result
+    finally:
+        rpc.close()
+
+
+class Connection:
+    """A replica of the local Open_vSwitch database and the agent's OVSDB operations.
+
+    `Connection(target).start()` connects, replicates the tables in COLUMNS and returns once the
+    replica is in sync (raises OvsdbError after `timeout`). Every public method is thread-safe.
+    `close()` stops the thread.
+    """
+
+    def __init__(self, target: str, *, timeout: float = 10.0, schema_path: Path = DEFAULT_SCHEMA) -> None:
+        """Describe a connection to `target` (e.g. `unix:/var/run/openvswitch/db.sock`); nothing
+        connects until `start()`. `timeout` bounds every operation unless it takes its own."""
+        self.target = target
+        self.timeout = timeout
+        self._schema_path = schema_path
+        self._idl: ovs.db.idl.Idl | None = None
+        self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
+        self._jobs_lock = threading.Lock()
+        self._waiters: list[_Waiter] = []
+        self._wake_r = self._wake_w = -1
+        self._thread: threading.Thread | None = None
+        self._running = False
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    def start(self) -> Connection:
+        """Connect and wait until the replica is in sync; return self. Raises OvsdbError."""
+        if self._thread is not None:
+            return self
+        route_python_ovs_logging()
+        try:
+            schema_json = fetch_schema(self.target, min(self.timeout, 5.0))
+        except OvsdbError as exc:
+            if not self._schema_path.exists():
+                raise
+            log.warning("%s; using %s until the server answers", exc, self._schema_path)
+            schema_json = ovs.json.from_file(str(self._schema_path))
+        helper = ovs.db.idl.SchemaHelper(schema_json=schema_json)
+        for table, columns in COLUMNS.items():
+            helper.register_columns(table, columns)
+        self._idl = ovs.db.idl.Idl(self.target, helper)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name=f"ovsdb {self.target}", daemon=True)
+        self._thread.start()
+        try:
+            self.wait_synced(self.timeout)
+        except OvsdbError:
+            self.close()
+            raise
+        log.info("connected to OVSDB at %s", self.target)
+        return self
+
+    def close(self) -> None:
+        """Stop the IDL thread and close the connection (idempotent)."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._running = False
+        self._wake()
+        thread.join(timeout=5.0)
+        self._thread = None
+        if self._idl is not None:
+            self._idl.close()
+            self._idl = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> Connection:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_synced(self, timeout: float | None = None) -> None:
+        """Return once the replica holds the database's contents; raises OvsdbError on timeout."""
+        self._wait(
+            lambda: self._ready_idl().has_ever_connected(),
+            timeout,
+            f"no OVSDB replica from {self.target}",
+        )
+
+    def is_connected(self) -> bool:
+        """Return True while the IDL has a live, synced session to ovsdb-server."""
+        return bool(self._call(lambda: self._ready_idl()._session.is_connected(), None))
+
+    # ------------------------------------------------------------------------------------------
+    # Reads
+
+    def bridge(self, name: str) -> BridgeRecord | None:
+        """Return bridge `name` as OVSDB has it, or None."""
+        return self._call(lambda: self._bridge_record(name), None)
+
+    def port(self, name: str) -> PortRecord | None:
+        """Return port `name` (with its interface of the same name), or None."""
+        return self._call(lambda: self._port_record(name), None)
+
+    def ports_by_external_ids(self, prefix: str = "sluice.io/") -> list[PortRecord]:
+        """Return every port whose interface has an external_ids key starting with `prefix`.
+
+        This is how a restarted agent finds the pods it plumbed: the identity lives in OVSDB.
+        """
+
+        def job() -> list[PortRecord]:
+            out = []
+            for iface in self._rows("Interface"):
+                if any(k.startswith(prefix) for k in iface.external_ids):
+                    record = self._port_record(iface.name)
+                    if record is not None:
+                        out.append(record)
+            return sorted(out, key=lambda r: r.name)
+
+        return self._call(job, None)
+
+    def wait_for_ofport(self, name: str, timeout: float | None = None) -> int:
+        """Return the ofport of interface `name` once vswitchd has assigned one.
+
+        Raises OvsdbError if the interface is missing or vswitchd failed to open it (ofport -1,
+        with the Interface's `error`), or on timeout.
+        """
+        self._wait(
+            lambda: (r := self._interface(name)) is not None and _ofport(r) is not None,
+            timeout,
+            f"interface {name} got no ofport",
+        )
+        record = self.port(name)
+        if record is None or record.ofport is None:
+            raise OvsdbError(f"interface {name} disappeared while waiting for its ofport")
+        if record.ofport < 0:
+            raise OvsdbError(f"ovs-vswitchd cannot open interface {name}: {record.error or 'unknown'}")
+        return record.ofport
+
+    # ------------------------------------------------------------------------------------------
+    # Bridge and node ports
+
+    def ensure_bridge(
+        self,
+        name: str,
+        *,
+        datapath_type: str = "system",
+        fail_mode: str = "secure",
+        protocols: Sequence[str] = ("OpenFlow13", "OpenFlow14", "OpenFlow15"),
+        datapath_id: str | None = None,
+        controllers: Sequence[str] = (),
+        inactivity_probe_ms: int | None = None,
+        external_ids: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Create bridge `name` or bring it to these settings, touching only what differs.
+
+        Returns True if anything was written. Settings already right are not rewritten: a
+        rewritten controller or fail_mode disturbs the OpenFlow connection, and a bridge going
+        from no controller to some (or back) has its flows flushed by ovs-vswitchd
+        (bridge_configure_remotes), so controllers are set in the bridge's creating transaction.
+        `datapath_id` is 16 hex digits; `external_ids` keys are merged (others are kept).
+        Raises OvsdbError, ValueError for bad arguments.
+        """
+        if datapath_id is not None and (
+            len(datapath_id) != 16 or any(c not in "0123456789abcdef" for c in datapath_id.lower())
+        ):
+            raise ValueError(f"datapath_id {datapath_id!r} must be 16 hex digits")
+        if not protocols:
+            raise ValueError("ensure_bridge needs at least one OpenFlow protocol")
+        wanted_ids = dict(external_ids or {})
+
+        def build(txn: ovs.db.idl.Transaction) -> bool:
+            idl = self._ready_idl()
+            br = self._find("Bridge", name)
+            changed = False
+            if br is None:
+                iface = txn.insert(idl.tables["Interface"])
+                iface.name = name
+                iface.type = "internal"
+                port = txn.insert(idl.tables["Port"])
+                port.name = name
+                port.interfaces = [iface]
+                br = txn.insert(idl.tables["Bridge"])
+                br.name = name
+                br.ports = [port]
+                self._root().addvalue("bridges", br)
+                changed = True
+            if _col(br, "datapath_type", "") != datapath_type:
+                br.datapath_type = datapath_type
+                changed = True
+            if _col(br, "fail_mode", []) != [fail_mode]:
+                br.fail_mode = fail_mode
+                changed = True
+            if set(_col(br, "protocols", [])) != set(protocols):
+                br.protocols = list(protocols)
+                changed = True
+            other_config = _col(br, "other_config", {})
+            if datapath_id is not None and other_config.get("datapath-id") != datapath_id.lower():
+                br.setkey("other_config", "datapath-id", datapath_id.lower())
+                changed = True
+            ids = _col(br, "external_ids", {})
+            for key, value in wanted_ids.items():
+                if ids.get(key) != value:
+                    br.setkey("external_ids", key, value)
+                    changed = True
+            changed |= self._ensure_controllers(txn, br, controllers, inactivity_probe_ms)
+            if changed:
+                self._root().increment("next_cfg")
+            return changed
+
+        return self._transact(build, f"ensure bridge {name}", timeout)
+
+    def _ensure_controllers(
+        self,
+        txn: ovs.db.idl.Transaction,
+        br: Any,
+        targets: Sequence[str],
+        inactivity_probe_ms: int | None,
+    ) -> bool:
+        existing = {c.target: c for c in _col(br, "controller", [])}
+        changed = False
+        rows = []
+        for target in targets:
+            row = existing.get(target)
+            if row is None:
+                row = txn.insert(self._ready_idl().tables["Controller"])
+                row.target = target
+                # Out-of-band: the controller is reached over the underlay, never through br-int;
+                # in-band mode would add hidden flows to the bridge.
+                row.connection_mode = "out-of-band"
+                changed = True
+            probe = [] if inactivity_probe_ms is None else [inactivity_probe_ms]
+            if _col(row, "inactivity_probe", []) != probe:
+                row.inactivity_probe = probe
+                changed = True
+            rows.append(row)
+        if set(existing) != set(targets):
+            br.controller = rows
+            changed = True
+        return changed
+
+    def ensure_internal_port(
+        self,
+        bridge: str,
+        name: str,
+        *,
+        ofport_request: int | None = None,
+        mac: str | None = None,
+        external_ids: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Create internal port `name` on `bridge` (or fix it) and return its ofport. Raises OvsdbError."""
+        spec = PortSpec(name, "internal", ofport_request, mac, dict(external_ids or {}))
+        return self.add_ports(bridge, [spec], timeout=timeout)[name]
+
+    def ensure_tunnel_port(
+        self,
+        bridge: str,
+        name: str = TUNNEL_PORT,
+        *,
+        ofport_request: int = TUNNEL_OFPORT,
+        tunnel_type: str = "geneve",
+        options: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Create the one flow-based tunnel port (`remote_ip=flow`, `key=flow`) and return its ofport.
+
+        The flows pick the remote node per packet (`set_field:IP->tun_dst`), so adding a node
+        changes flows only. Extra `options` are merged. Raises OvsdbError.
+        """
+        opts = {"remote_ip": "flow", "key": "flow", **(options or {})}
+        spec = PortSpec(name, tunnel_type, ofport_request, None, {}, opts)
+        return self.add_ports(bridge, [spec], timeout=timeout)[name]
+
+    # ------------------------------------------------------------------------------------------
+    # Pod ports, batched
+
+    def add_pod_ports(
+        self, bridge: str, specs: Sequence[PortSpec], *, timeout: float | None = None
+    ) -> dict[str, int]:
+        """Add (or update) all `specs` on `bridge` in ONE transaction; return name -> ofport.
+
+        See `add_ports`.
+        """
+        return self.add_ports(bridge, specs, timeout=timeout)
+
+    def add_ports(
+        self, bridge: str, specs: Sequence[PortSpec], *, timeout: float | None = None
+    ) -> dict[str, int]:
+        """Add or update ports on `bridge` in one transaction, wait for vswitchd, return their ofports.
+
+        A port that already exists (on this bridge) is brought to its spec: type, ofport_request,
+        mac, options are set if they differ and `external_ids` are replaced. A port of the same
+        name on another bridge is an error. Raises OvsdbError (which names the ports vswitchd
+        could not open), ValueError for duplicate names.
+        """
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate port names in {names}")
+        if not specs:
+            return {}
+
+        def build(txn: ovs.db.idl.Transaction) -> bool:
+            idl = self._ready_idl()
+            br = self._find("Bridge", bridge)
+            if br is None:
+                raise OvsdbError(f"bridge {bridge} does not exist")
+            owner = self._port_bridges()
+            changed = False
+            for spec in specs:
+                port = self._find("Port", spec.name)
+                if port is not None and owner.get(spec.name) != bridge:
+                    where = owner.get(spec.name)
+                    raise OvsdbError(f"port {spec.name} exists on bridge {where}, not {bridge}")
+                iface = self._find("Interface", spec.name)
+                if port is None or iface is None:
+                    iface = txn.insert(idl.tables["Interface"])
+                    iface.name = spec.name
+                    port = txn.insert(idl.tables["Port"])
+                    port.name = spec.name
+                    port.interfaces = [iface]
+                    br.addvalue("ports", port)
+                    changed = True
+                changed |= _update_interface(iface, spec)
+            if changed:
+                self._root().increment("next_cfg")
+            return changed
+
+        self._transact(build, f"add ports {names} to {bridge}", timeout)
+        return self._ofports(names, timeout)
+
+    def del_ports(self, names: Iterable[str], *, timeout: float | None = None) -> list[str]:
+        """Delete the named ports (from whichever bridge) in ONE transaction; return those deleted.
+
+        Names that do not exist are ignored (deleting is idempotent). Returns once vswitchd has
+        applied the change. Raises OvsdbError.
+        """
+        wanted = sorted(set(names))
+        if not wanted:
+            return []
+        deleted: list[str] = []
+
+        def build(_txn: ovs.db.idl.Transaction) -> bool:
+            deleted.clear()
+            for br in self._rows("Bridge"):
+                for port in br.ports:
+                    name = port.name
+                    if name in wanted:
+                        br.delvalue("ports", port)
+                        for iface in port.interfaces:
+                            iface.delete()
+                        port.delete()
+                        deleted.append(name)
+            if deleted:
+                self._root().increment("next_cfg")
+            return bool(deleted)
+
+        self._transact(build, f"delete ports {wanted}", timeout)
+        return sorted(deleted)
+
+    def del_bridge(self, name: str, *, timeout: float | None = None) -> bool:
+        """Delete bridge `name` with its ports; return False if it did not exist. Raises OvsdbError."""
+
+        def build(_txn: ovs.db.idl.Transaction) -> bool:
+            br = self._find("Bridge", name)
+            if br is None:
+                return False
+            for port in br.ports:
+                for iface in port.interfaces:
+                    iface.delete()
+                port.delete()
+            for controller in br.controller:
+                controller.delete()
+            self._root().delvalue("bridges", br)
+            br.delete()
+            self._root().increment("next_cfg")
+            return True
+
+        return self._transact(build, f"delete bridge {name}", timeout)
+
+    # ------------------------------------------------------------------------------------------
+    # Transactions
+
+    def _transact(
+        self, build: Callable[[ovs.db.idl.Transaction], bool], what: str, timeout: float | None
+    ) -> bool:
+        """Commit the transaction `build` composes; wait for vswitchd if it incremented next_cfg.
+
+        `build` returns whether it wrote anything. TRY_AGAIN is retried until the deadline.
+        """
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+
+        def job() -> tuple[bool, int | None]:
+            idl = self._ready_idl()
+            attempts = 0
+            while True:
+                attempts += 1
+                txn = ovs.db.idl.Transaction(idl)
+                try:
+                    changed = build(txn)
+                except BaseException:
+                    txn.abort()
+                    raise
+                if not changed:
+                    txn.abort()
+                    return False, None
+                txn.add_comment(f"sluice-agent: {what}")
+                status = _commit(idl, txn, deadline)
+                if status == txn.SUCCESS:
+                    return True, txn.get_increment_new_value()
+                if status == txn.UNCHANGED:
+                    return False, None
+                if status == txn.TRY_AGAIN and time.monotonic() < deadline:
+                    log.debug("%s: TRY_AGAIN (attempt %d), retrying", what, attempts)
+                    # A reconnect between Idl.run() calls leaves commit_block() answering
+                    # TRY_AGAIN until the IDL runs again (ovsdbapp does the same).
+                    idl.run()
+                    continue
+                raise OvsdbError(f"{what} failed: {txn.get_error()} (after {attempts} attempts)")
+
+        changed, next_cfg = self._call(job, limit)
+        if next_cfg is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            self._wait(
+                lambda: _int(self._root().cur_cfg) >= next_cfg,
+                remaining,
+                f"{what}: ovs-vswitchd did not apply configuration {next_cfg}",
+            )
+        return changed
+
+    def _ofports(self, names: Sequence[str], timeout: float | None) -> dict[str, int]:
+        def assigned() -> bool:
+            for name in names:
+                iface = self._interface(name)
+                if iface is None or _ofport(iface) is None:
+                    return False
+            return True
+
+        self._wait(assigned, timeout, f"interfaces {list(names)} got no ofport")
+        records = self._call(lambda: [self._port_record(n) for n in names], None)
+        out: dict[str, int] = {}
+        failed = []
+        for name, record in zip(names, records, strict=True):
+            if record is None or record.ofport is None or record.ofport < 0:
+                failed.append(f"{name}: {record.error if record else 'gone'}")
+            else:
+                out[name] = record.ofport
+        if failed:
+            raise OvsdbError("ovs-vswitchd could not open " + "; ".join(failed))
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    # The IDL thread
+
+    def _call(self, fn: Callable[[], T], timeout: float | None) -> T:
+        """Run `fn` on the IDL thread and return its result (re-raising its exception)."""
+        if self._thread is None:
+            raise OvsdbError(f"OVSDB connection to {self.target} is not started")
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: Future[T] = Future()
+        with self._jobs_lock:
+            self._jobs.append((fn, future))
+        self._wake()
+        try:
+            return future.result(self.timeout if timeout is None else timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise OvsdbError(f"OVSDB at {self.target} did not answer in time") from None
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float | None, what: str) -> None:
+        """Block until `predicate()` (evaluated on the IDL thread after each update) is true."""
+        waiter = _Waiter(predicate, Future())
+
+        def register() -> None:
+            if predicate():
+                waiter.future.set_result(None)
+            else:
+                self._waiters.append(waiter)
+
+        limit = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        self._call(register, limit)
+        try:
+            waiter.future.result(max(0.0, limit - (time.monotonic() - started)))
+        except FutureTimeout:
+            raise OvsdbError(f"{what} within {limit:.1f}s") from None
+        finally:
+            if not waiter.future.done():
+                with contextlib.suppress(OvsdbError):  # closed meanwhile: nothing to remove
+                    self._call(lambda: self._waiters.remove(waiter) if waiter in self._waiters else None, 1.0)
+
+    def _wake(self) -> None:
+        # A full pipe means a wake-up is already pending; a closed one, that we are stopping.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _loop(self) -> None:
+        idl = self._ready_idl()
+        while self._running:
+            try:
+                poller = ovs.poller.Poller()
+                idl.wait(poller)
+                poller.fd_wait(self._wake_r, select.POLLIN)
+                poller.timer_wait(1000)
+                poller.block()
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                idl.run()
+            except Exception:
+                log.exception("OVSDB IDL loop error; continuing")
+            self._run_jobs()
+            self._check_waiters()
+        # Stopping: nobody will run what is still queued, so fail it rather than let callers hang.
+        closed = OvsdbError(f"OVSDB connection to {self.target} closed")
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        for _fn, future in jobs:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(closed)
+        for waiter in self._waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(closed)
+        self._waiters = []
+
+    def _run_jobs(self) -> None:
+        with self._jobs_lock:
+            jobs, self._jobs = self._jobs, []
+        for fn, future in jobs:
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _check_waiters(self) -> None:
+        still = []
+        for waiter in self._waiters:
+            try:
+                done = waiter.predicate()
+            except Exception as exc:
+                waiter.future.set_exception(exc)
+                continue
+            if done:
+                waiter.future.set_result(None)
+            else:
+                still.append(waiter)
+        self._waiters = still
+
+    # ------------------------------------------------------------------------------------------
+    # Replica helpers (IDL thread only)
+
+    def _ready_idl(self) -> ovs.db.idl.Idl:
+        if self._idl is None:
+            raise OvsdbError(f"OVSDB connection to {self.target} is closed")
+        return self._idl
+
+    def _rows(self, table: str) -> list[Any]:
+        return list(self._ready_idl().tables[table].rows.values())
+
+    def _root(self) -> Any:
+        rows = self._rows("Open_vSwitch")
+        if not rows:
+            raise OvsdbError("the Open_vSwitch table is empty (database not initialised)")
+        return rows[0]
+
+    def _find(self, table: str, name: str) -> Any:
+        for row in self._ready_idl().tables[table].rows.values():
+            if row.name == name:
+                return row
+        return None
+
+    def _interface(self, name: str) -> Any:
+        return self._find("Interface", name)
+
+    def _port_bridges(self) -> dict[str, str]:
+        return {port.name: br.name for br in self._rows("Bridge") for port in br.ports}
+
+    def _port_record(self, name: str) -> PortRecord | None:
+        port = self._find("Port", name)
+        if port is None:
+            return None
+        iface = next((i for i in port.interfaces if i.name == name), None)
+        if iface is None and port.interfaces:
+            iface = port.interfaces[0]
+        bridge = self._port_bridges().get(name)
+        if iface is None:
+            return PortRecord(name, bridge, "", None, {}, None)
+        error = list(iface.error)
+        return PortRecord(
+            name=name,
+            bridge=bridge,
+            type=iface.type,
+            ofport=_ofport(iface),
+            external_ids=dict(iface.external_ids),
+            error=error[0] if error else None,
+        )
+
+    def _bridge_record(self, name: str) -> BridgeRecord | None:
+        br = self._find("Bridge", name)
+        if br is None:
+            return None
+        fail_mode = list(br.fail_mode)
+        dpid = list(br.datapath_id)
+        return BridgeRecord(
+            name=name,
+            datapath_type=br.datapath_type,
+            fail_mode=fail_mode[0] if fail_mode else None,
+            protocols=tuple(sorted(br.protocols)),
+            datapath_id=dpid[0] if dpid else None,
+            controllers=tuple(sorted(c.target for c in br.controller)),
+            external_ids=dict(br.external_ids),
+            ports=tuple(sorted(p.name for p in br.ports)),
+        )
+
+
+def _commit(idl: ovs.db.idl.Idl, txn: ovs.db.idl.Transaction, deadline: float) -> str:
+    """`Transaction.commit_block()` with a deadline: a hung server must not hang the IDL thread."""
+    while True:
+        status: str = txn.commit()
+        if status != txn.INCOMPLETE:
+            return status
+        if time.monotonic() > deadline:
+            txn.abort()
+            raise OvsdbError("OVSDB did not confirm the transaction in time")
+        idl.run()
+        poller = ovs.poller.Poller()
+        idl.wait(poller)
+        txn.wait(poller)
+        poller.timer_wait(100)
+        poller.block()
+
+
+def _update_interface(iface: Any, spec: PortSpec) -> bool:
+    """Bring an Interface row to `spec`; return True if anything was written."""
+    wanted: dict[str, Any] = {
+        "type": spec.type,
+        "ofport_request": [] if spec.ofport_request is None else [spec.ofport_request],
+        "mac": [] if spec.mac is None else [spec.mac.lower()],
+        "options": dict(spec.options),
+        "external_ids": dict(spec.external_ids),
+    }
+    changed = False
+    for column, value in wanted.items():
+        if _col(iface, column, None) != value:
+            setattr(iface, column, value)
+            changed = True
+    return changed
+
+
+def _col(row: Any, column: str, default: Any) -> Any:
+    """Read `column` of `row`, or `default` for a row inserted in this transaction and not set yet."""
+    try:
+        value = getattr(row, column)
+    except AttributeError:
+        return default
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list | tuple | set):
+        return list(value)
+    return value
+
+
+def _ofport(iface: Any) -> int | None:
+    """The Interface's ofport: None while vswitchd has not assigned one, -1 on failure."""
+    value = list(iface.ofport)
+    return int(value[0]) if value else None
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, list):
+        return int(value[0]) if value else 0
+    return int(value)

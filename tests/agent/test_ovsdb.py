@@ -1,0 +1,191 @@
+"""ovsagent.ovsdb against a real ovsdb-server + ovs-vswitchd: bridge set-up, node ports, pod ports."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from lab.ovs import OvsNode
+from lab.procs import run
+from ovsagent.naming import PodIdentity
+from ovsagent.ovsdb import Connection, OvsdbError, PortSpec
+from tests.agent.conftest import BRIDGE, DATAPATH_ID, GATEWAY_PORT, AgentNode
+from tests.conftest import OvsNodeFactory
+
+DB = "Open_vSwitch"
+MARK_FLOW = "table=0,priority=7,ip,nw_dst=100.64.9.9,actions=drop"
+
+
+def _vsctl_get(node: OvsNode, table: str, record: str, column: str) -> str:
+    return node.vsctl("get", table, record, column).strip()
+
+
+def _controller_column(node: OvsNode, column: str) -> str:
+    return node.vsctl("--bare", f"--columns={column}", "list", "Controller").strip()
+
+
+def _versions(node: OvsNode, table: str) -> dict[str, str]:
+    """Return name -> `_version` of every row of `table` (a row's version changes on any write)."""
+    query = [DB, {"op": "select", "table": table, "where": [], "columns": ["_uuid", "_version"]}]
+    out = run(["ovsdb-client", "transact", node.db_target, json.dumps(query)]).stdout
+    return {row["_uuid"][1]: row["_version"][1] for row in json.loads(out)[0]["rows"]}
+
+
+def _all_versions(node: OvsNode) -> dict[str, dict[str, str]]:
+    return {t: _versions(node, t) for t in ("Bridge", "Port", "Interface", "Controller")}
+
+
+def test_ensure_bridge_builds_the_bridge_as_asked(agent_node: AgentNode) -> None:
+    node = agent_node.node
+    assert _vsctl_get(node, "Bridge", BRIDGE, "datapath_type") == "netdev"
+    assert _vsctl_get(node, "Bridge", BRIDGE, "fail_mode") == "secure"
+    assert _vsctl_get(node, "Bridge", BRIDGE, "protocols") == "[OpenFlow13, OpenFlow15]"
+    # vswitchd adopted the requested datapath id, and the bridge speaks OpenFlow 1.3/1.5
+    assert _vsctl_get(node, "Bridge", BRIDGE, "datapath_id") == f'"{DATAPATH_ID}"'
+    assert node.dump_flows(BRIDGE) == []  # fail_mode=secure: no NORMAL flow
+    record = agent_node.ovsdb.bridge(BRIDGE)
+    assert record is not None and record.datapath_id == DATAPATH_ID
+    assert GATEWAY_PORT in record.ports
+
+
+def test_ensure_bridge_again_changes_nothing_and_keeps_flows(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+
+    def ensure(probe_ms: int = 5000) -> bool:
+        return ovsdb.ensure_bridge(
+            BRIDGE,
+            datapath_type="netdev",
+            protocols=("OpenFlow13", "OpenFlow15"),
+            datapath_id=DATAPATH_ID,
+            controllers=["tcp:127.0.0.1:6653"],
+            inactivity_probe_ms=probe_ms,
+            external_ids={"sluice.io/node": "node-1"},
+        )
+
+    # adding the controller is a change (and flushes flows: vswitchd does that when a bridge
+    # gains its first controller), so add the marker flow after it
+    assert ensure() is True
+    node.add_flows(BRIDGE, MARK_FLOW + "\n")
+    before = _all_versions(node)
+
+    assert ensure() is False
+
+    assert _all_versions(node) == before  # not one row written
+    assert any("nw_dst=100.64.9.9" in f for f in node.dump_flows(BRIDGE))
+
+    # a real change (the probe interval) is applied in place: same Controller row, flows kept
+    uuid_before = node.vsctl("--columns=_uuid", "list", "Controller")
+    assert ensure(probe_ms=7000) is True
+    assert node.vsctl("--columns=_uuid", "list", "Controller") == uuid_before
+    assert _controller_column(node, "inactivity_probe") == "7000"
+    assert any("nw_dst=100.64.9.9" in f for f in node.dump_flows(BRIDGE))
+    assert _vsctl_get(node, "Bridge", BRIDGE, "external_ids") == '{"sluice.io/node"=node-1}'
+
+
+def test_ensure_bridge_refuses_a_bad_datapath_id(agent_node: AgentNode) -> None:
+    with pytest.raises(ValueError, match="16 hex digits"):
+        agent_node.ovsdb.ensure_bridge(BRIDGE, datapath_type="netdev", datapath_id="xyz")
+
+
+def test_gateway_and_tunnel_ports_get_their_fixed_ofports(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    assert node.ofport(GATEWAY_PORT) == 2
+    assert _vsctl_get(node, "Interface", GATEWAY_PORT, "type") == "internal"
+    assert _vsctl_get(node, "Interface", GATEWAY_PORT, "mac_in_use") == '"0a:58:64:40:01:01"'
+
+    assert ovsdb.ensure_tunnel_port(BRIDGE) == 10
+    assert _vsctl_get(node, "Interface", "sluice-tun0", "type") == "geneve"
+    assert _vsctl_get(node, "Interface", "sluice-tun0", "options") == "{key=flow, remote_ip=flow}"
+    before = _all_versions(node)
+    # idempotent: nothing rewritten
+    assert ovsdb.ensure_tunnel_port(BRIDGE) == 10
+    assert ovsdb.ensure_internal_port(BRIDGE, GATEWAY_PORT, ofport_request=2, mac="0a:58:64:40:01:01") == 2
+    assert _all_versions(node) == before
+
+
+def test_pod_ports_are_added_and_deleted_in_batches(agent_node: AgentNode) -> None:
+    ovsdb = agent_node.ovsdb
+    specs = [PortSpec(f"bp{i}", "internal", external_ids={"sluice.io/name": f"p{i}"}) for i in range(5)]
+    ofports = ovsdb.add_pod_ports(BRIDGE, specs)
+    assert sorted(ofports) == [f"bp{i}" for i in range(5)]
+    assert len(set(ofports.values())) == 5 and all(p > 0 for p in ofports.values())
+    # adding again is a no-op that returns the same ofports
+    assert ovsdb.add_pod_ports(BRIDGE, specs) == ofports
+    assert ovsdb.wait_for_ofport("bp3", timeout=1.0) == ofports["bp3"]
+
+    assert ovsdb.del_ports(["bp1", "bp2", "never-there"]) == ["bp1", "bp2"]
+    assert ovsdb.del_ports(["bp1"]) == []
+    names = {p.name for p in ovsdb.ports_by_external_ids()}
+    assert names == {"bp0", "bp3", "bp4"}
+    assert agent_node.node.vsctl("list-ports", BRIDGE).split() == sorted(["bp0", "bp3", "bp4", GATEWAY_PORT])
+
+
+def test_a_port_vswitchd_cannot_open_is_reported(agent_node: AgentNode) -> None:
+    # a "system" interface with no such device: vswitchd sets ofport -1 and an error
+    with pytest.raises(OvsdbError, match="could not open nosuchdev0"):
+        agent_node.ovsdb.add_pod_ports(BRIDGE, [PortSpec("nosuchdev0")], timeout=5.0)
+    with pytest.raises(OvsdbError, match="bridge br-nope does not exist"):
+        agent_node.ovsdb.add_pod_ports("br-nope", [PortSpec("x0", "internal")])
+
+
+def test_a_new_connection_finds_the_pods_by_external_ids(agent_node: AgentNode) -> None:
+    pods = [agent_node.pod(f"web-{i}", f"100.64.1.{10 + i}")[1] for i in range(3)]
+    specs = [PortSpec(p.port_name, "internal", external_ids=p.external_ids()) for p in pods]
+    ofports = agent_node.ovsdb.add_pod_ports(BRIDGE, specs)
+    agent_node.ovsdb.close()  # the agent "restarts"
+
+    with Connection(agent_node.node.db_target) as fresh:
+        found = fresh.ports_by_external_ids()
+    assert [r.name for r in found] == sorted(p.port_name for p in pods)
+    assert {PodIdentity.from_external_ids(r.external_ids) for r in found} == set(pods)
+    assert {r.name: r.ofport for r in found} == ofports
+    assert all(r.bridge == BRIDGE for r in found)
+
+
+def test_connection_to_a_missing_server_fails_clearly() -> None:
+    with pytest.raises(OvsdbError, match=r"cannot connect|no OVSDB replica"):
+        Connection("unix:/nonexistent/sluice-test/db.sock", timeout=0.5).start()
+
+
+def test_ensure_bridge_creates_from_nothing_with_a_controller(ovs_node_factory: OvsNodeFactory) -> None:
+    node = ovs_node_factory("node-2", bridge=None)
+    with Connection(node.db_target) as ovsdb:
+        assert ovsdb.bridge("br-x") is None
+        assert ovsdb.ensure_bridge(
+            "br-x", datapath_type="netdev", controllers=["tcp:127.0.0.1:6653"], inactivity_probe_ms=3000
+        )
+        record = ovsdb.bridge("br-x")
+        assert record is not None
+        assert record.controllers == ("tcp:127.0.0.1:6653",)
+        assert record.fail_mode == "secure"
+        assert _controller_column(node, "connection_mode") == "out-of-band"
+        assert ovsdb.del_bridge("br-x") is True
+        assert ovsdb.del_bridge("br-x") is False
+        assert node.vsctl("list-br").strip() == ""
+
+
+def test_concurrent_callers_each_get_their_ports(agent_node: AgentNode) -> None:
+    ovsdb = agent_node.ovsdb
+
+    def add(i: int) -> dict[str, int]:
+        specs = [
+            PortSpec(f"c{i}-{j}", "internal", external_ids={"sluice.io/name": f"c{i}"}) for j in range(2)
+        ]
+        return ovsdb.add_pod_ports(BRIDGE, specs)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(add, range(8)))
+    ofports = [p for r in results for p in r.values()]
+    assert len(ofports) == 16 and len(set(ofports)) == 16
+    assert len(ovsdb.ports_by_external_ids()) == 16
+
+
+def test_calls_after_close_fail_clearly_and_start_reconnects(agent_node: AgentNode) -> None:
+    agent_node.ovsdb.close()
+    with pytest.raises(OvsdbError, match="not started"):
+        agent_node.ovsdb.port(GATEWAY_PORT)
+    agent_node.ovsdb.start()
+    record = agent_node.ovsdb.port(GATEWAY_PORT)
+    assert record is not None and record.ofport == 2
