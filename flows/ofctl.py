@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from flows.diff import Plan
-from flows.fields import RegField, field_by_bits
+from flows.fields import field_by_bits
 from flows.flowset import FlowSet
 from flows.model import (
     PROTOCOLS,
@@ -95,10 +95,6 @@ def _int(text: str) -> int:
     return int(text, 16) if text.lower().startswith("0x") else int(text)
 
 
-def _reg_field_for(reg: int, start: int, end: int) -> RegField | None:
-    return field_by_bits(reg, start, end)
-
-
 def _parse_load_reg(value_text: str, reg: int, mask: int) -> Action | None:
     if mask == 0:
         return None
@@ -106,7 +102,7 @@ def _parse_load_reg(value_text: str, reg: int, mask: int) -> Action | None:
     end = mask.bit_length() - 1
     if mask != ((1 << (end - start + 1)) - 1) << start:
         return None
-    reg_field = _reg_field_for(reg, start, end)
+    reg_field = field_by_bits(reg, start, end)
     if reg_field is None:
         return None
     return LoadReg(reg_field, (_int(value_text) & mask) >> start)
@@ -124,7 +120,7 @@ def _parse_action(text: str) -> Action:
             if sub:
                 reg = int(sub.group(1))
                 start, end = _subfield_bits(sub)
-                reg_field = _reg_field_for(reg, start, end)
+                reg_field = field_by_bits(reg, start, end)
                 return OutputReg(reg_field) if reg_field else RawAction(text)
             return Output(_int(arg))
         if kind == "set_field" and sep:
