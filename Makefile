@@ -8,7 +8,7 @@ DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 ethtool tcpdump i
 	containernetworking-plugins python3-venv python3-dev gcc make procps iputils-ping \
 	ncat kmod util-linux
 # Packages whose absence makes a test fail loudly rather than skip (see tests/conftest.py).
-MYPY_STRICT := flows cni
+MYPY_STRICT := flows cni controller ovsagent lab
 
 .PHONY: test deps venv lint unit pytest docs clean lab
 

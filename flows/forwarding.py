@@ -13,6 +13,7 @@ from flows.tables import L3_FORWARDING
 LOCAL_POD_PRIORITY = 200
 TUNNEL_HAIRPIN_PRIORITY = 180
 REMOTE_NODE_PRIORITY = 170
+GATEWAY_PRIORITY = 165
 UNALLOCATED_PRIORITY = 160
 DEFAULT_PRIORITY = 0
 
@@ -55,7 +56,7 @@ def remote_node_flows(node: NodeSpec, remote: NodeSpec) -> list[Flow]:
 
 
 def node_forwarding_flows(node: NodeSpec) -> list[Flow]:
-    """Return the node's fixed forwarding flows: no tunnel hairpin, no unallocated IPs, else gateway."""
+    """Return the node's fixed flows: no tunnel hairpin, the gateway IP, no unallocated IPs, else gateway."""
     cookie = cookies.make(Category.NODE, cookies.node_key(node.name))
     return [
         # A packet from the tunnel is only ever for a local pod; anything else would bounce
@@ -65,6 +66,19 @@ def node_forwarding_flows(node: NodeSpec) -> list[Flow]:
             TUNNEL_HAIRPIN_PRIORITY,
             Match.of(proto="ip").with_reg(PKT_SOURCE, PacketSource.TUNNEL),
             (),
+            cookie,
+        ),
+        # The gateway's own address is inside the podCIDR but is not a pod: it must win over
+        # the unallocated-address drop below, or pods could not reach their node.
+        Flow(
+            L3_FORWARDING,
+            GATEWAY_PRIORITY,
+            Match.of(proto="ip", nw_dst=node.gateway_ip),
+            (
+                SetField("eth_dst", mac_for_ip(node.gateway_ip)),
+                LoadReg(OUT_PORT, node.gateway_ofport),
+                GotoTable("ingress_policy"),
+            ),
             cookie,
         ),
         # An address of the local podCIDR with no pod: the host routes the podCIDR to the
