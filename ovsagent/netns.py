@@ -217,6 +217,7 @@ def create_veth(
                 if host_index is None:
                     raise NetlinkError(f"veth {host_name} vanished right after creation")
                 configure_pod_interface(pod_netns, cfg)
+                isolate_host_end(host_name, netns=host_netns)
                 ipr.link("set", index=host_index, state="up")
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -401,3 +402,167 @@ def tx_checksum(netns: str | None, ifname: str) -> bool:
 def set_tx_checksum(netns: str | None, ifname: str, *, enabled: bool) -> None:
     """Switch TX checksum offload of `ifname` in `netns` on or off. Raises NetlinkError."""
     _ethtool(netns, ifname, ETHTOOL_STXCSUM, 1 if enabled else 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Node-side devices (the gateway port, the underlay interface)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAddresses:
+    """A device's IPv4 addresses and MTU."""
+
+    ifname: str
+    mtu: int
+    addresses: tuple[ipaddress.IPv4Interface, ...]
+
+
+def link_addresses(name: str, *, netns: str | None = None) -> LinkAddresses | None:
+    """Return device `name`'s IPv4 addresses and MTU in `netns`, or None if it does not exist."""
+    with _iproute(netns) as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return None
+        link = ipr.get_links(index)[0]
+        addresses = tuple(
+            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            for a in ipr.get_addr(family=socket.AF_INET, index=index)
+        )
+        return LinkAddresses(name, int(link.get_attr("IFLA_MTU")), addresses)
+
+
+def default_route_interface(*, netns: str | None = None) -> str | None:
+    """Return the name of the device the IPv4 default route leaves by in `netns`, or None."""
+    with _iproute(netns) as ipr:
+        for route in ipr.get_routes(family=socket.AF_INET, table=254):
+            if route["dst_len"] == 0 and route.get_attr("RTA_OIF") is not None:
+                links = ipr.get_links(route.get_attr("RTA_OIF"))
+                if links:
+                    return str(links[0].get_attr("IFLA_IFNAME"))
+    return None
+
+
+def configure_host_port(
+    name: str, address: ipaddress.IPv4Interface, mtu: int | None, *, netns: str | None = None
+) -> None:
+    """Give device `name` (e.g. the gateway internal port) `address` (the kernel then routes its
+    network through it), set its MTU, bring it up. Idempotent. Raises NetlinkError."""
+    with _iproute(netns) as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            raise NetlinkError(f"no device {name} in {_where(netns)}")
+        try:
+            if mtu is not None:
+                ipr.link("set", index=index, mtu=mtu)
+            ipr.link("set", index=index, state="up")
+            ipr.addr("replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        except _PyrouteNetlinkError as exc:
+            raise _fail(f"cannot configure {name} in {_where(netns)}", exc) from None
+
+
+def link_mac(name: str, *, netns: str | None = None) -> str | None:
+    """Return device `name`'s MAC address in `netns`, or None if it (or the namespace) is gone."""
+    try:
+        with _iproute(netns) as ipr:
+            index = _index(ipr, name)
+            if index is None:
+                return None
+            return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+    except NetnsGone:
+        return None
+
+
+def move_addresses(src: str, dst: str, *, netns: str | None = None) -> list[ipaddress.IPv4Interface]:
+    """Move every IPv4 address of device `src` to device `dst` (up), with the routes via `src`.
+
+    This is how an underlay interface joins an OVS bridge (OVS userspace tunnelling needs the
+    tunnel endpoint address on a bridge's internal port): addresses first appear on `dst`, then
+    the gateway routes that left by `src` are re-added by `dst`, then `src` loses its addresses
+    (and with them its connected routes). Idempotent: nothing to move is fine. Returns what moved.
+    Raises NetlinkError.
+    """
+    with _iproute(netns) as ipr:
+        src_index, dst_index = _index(ipr, src), _index(ipr, dst)
+        if src_index is None or dst_index is None:
+            raise NetlinkError(
+                f"cannot move addresses from {src} to {dst} in {_where(netns)}: no such device"
+            )
+        try:
+            addresses = [
+                (ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
+                for a in ipr.get_addr(family=socket.AF_INET, index=src_index)
+            ]
+            routes = [
+                (f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY"))
+                for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                if r.get_attr("RTA_OIF") == src_index and r.get_attr("RTA_GATEWAY") is not None
+            ]
+            ipr.link("set", index=dst_index, state="up")
+            for address in addresses:
+                ipr.addr(
+                    "replace", index=dst_index, address=str(address.ip), prefixlen=address.network.prefixlen
+                )
+            for dst_net, gateway in routes:
+                ipr.route("replace", dst=dst_net, gateway=gateway, oif=dst_index)
+            for address in addresses:
+                ipr.addr("del", index=src_index, address=str(address.ip), prefixlen=address.network.prefixlen)
+            ipr.link("set", index=src_index, state="up")
+        except _PyrouteNetlinkError as exc:
+            raise _fail(f"cannot move addresses from {src} to {dst} in {_where(netns)}", exc) from None
+    if addresses:
+        log.info("moved %s and %d route(s) from %s to %s", [str(a) for a in addresses], len(routes), src, dst)
+    return addresses
+
+
+# ---------------------------------------------------------------------------------------------
+# sysctl
+
+
+def write_sysctl(key: str, value: str, *, netns: str | None = None) -> None:
+    """Write `value` to /proc/sys/`key` (slashed: `net/ipv4/...`) as seen from network namespace `netns`.
+
+    /proc/sys/net resolves against the network namespace of the calling thread, so for another
+    namespace a short-lived thread enters it (as `_socket_in` does). Raises NetlinkError/NetnsGone.
+    """
+    path = "/proc/sys/" + key
+    result: dict[str, BaseException] = {}
+
+    def write() -> None:
+        try:
+            if netns is not None:
+                fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc.setns(fd, CLONE_NEWNET) != 0:
+                        raise NetnsGone(f"{netns} is not a network namespace (any more)")
+                finally:
+                    os.close(fd)
+            with open(path, "w") as f:
+                f.write(value)
+        except FileNotFoundError as exc:
+            result["error"] = NetlinkError(f"sysctl {key} in {_where(netns)}: {exc.strerror}")
+        except OSError as exc:
+            result["error"] = NetlinkError(f"sysctl {key} in {_where(netns)}: {exc.strerror}")
+        except NetlinkError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=write, name="sysctl")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+
+
+def isolate_host_end(name: str, *, netns: str | None = None) -> None:
+    """Keep the kernel's IP stack off a pod's host-side veth end: it is only an OVS port.
+
+    Without this the kernel of the node answers the pod's ARP for the gateway (or any node
+    address) on the veth itself (arp_ignore=0 replies for every local address on every
+    interface), the pod may cache the veth's MAC as its gateway's, and its packets then reach the
+    node's IP stack directly, beside OVS's pipeline (seen as duplicated ping replies).
+    arp_ignore=8 never answers ARP on that device; IPv6 is switched off on it too.
+    Raises NetlinkError.
+    """
+    validate_ifname(name)
+    write_sysctl(f"net/ipv4/conf/{name}/arp_ignore", "8", netns=netns)
+    with contextlib.suppress(NetlinkError):  # no IPv6 in this kernel or namespace: nothing to stop
+        write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1", netns=netns)

@@ -1,0 +1,701 @@
+"""The agent's CNI logic: ADD, DEL, CHECK, STATUS and GC on top of OVSDB, netlink, IPAM and the API server.
+
+`Agent.handle(request) -> Response` is what the socket server calls, from one thread per
+connection. Operations on one container (and on one pod's port) are serialized by `KeyedLocks`;
+different containers run in parallel. Every failure is a CNI error with a code (see
+docs/cni.md, "Error codes"), never a traceback to the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import CniError, ErrorCode
+from cni.protocol import Command, Request, Response
+from ovsagent import netns
+from ovsagent.attach import AttachError, AttachmentKind, AttachSpec, DetachSpec, attachment_for
+from ovsagent.config import AgentConfig, DatapathType
+from ovsagent.flowprobe import FlowProbe, pod_cookie
+from ovsagent.ipam import (
+    Attachment,
+    AttachmentHoldsOtherIp,
+    Ipam,
+    IpamError,
+    IpInUse,
+    Owner,
+    RangeExhausted,
+    StaticIpRefused,
+    StoreError,
+)
+from ovsagent.kube import NETWORK_STATUS, POD_PORT_NAME, KubeApi, KubeError, NotFound
+from ovsagent.metrics import AgentMetrics
+from ovsagent.naming import Key, PodIdentity, mac_for_ip, port_name
+from ovsagent.node import NodeSetupError, NodeState, ensure_bridge, resolve_pod_cidr, setup_node
+from ovsagent.ovsdb import Connection, OvsdbError, PortRecord
+
+log = logging.getLogger(__name__)
+
+RESULT_VERSION = "1.1.0"
+# Time kept back from the plugin's deadline so a failed wait still reaches the runtime as code 11.
+DEADLINE_MARGIN = 0.5
+
+
+class AgentCode(enum.IntEnum):
+    """Sluice's own CNI error codes (100 and up are free for plugins); see docs/cni.md."""
+
+    CHECK_FAILED = 100
+    IP_RANGE_EXHAUSTED = 101
+    STATIC_IP_IN_USE = 102
+    ATTACH_FAILED = 103
+    PORT_CONFLICT = 104
+    GC_INCOMPLETE = 105
+
+
+class KeyedLocks:
+    """One lock per key, created on demand and dropped when unused; `hold(*keys)` takes several in a
+    fixed (sorted) order, so two holders can never deadlock."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, *keys: str) -> Iterator[None]:
+        """Hold the locks of every non-empty key in `keys` for the block."""
+        wanted = sorted({k for k in keys if k})
+        taken: list[str] = []
+        try:
+            for key in wanted:
+                with self._guard:
+                    lock, users = self._locks.get(key, (threading.Lock(), 0))
+                    self._locks[key] = (lock, users + 1)
+                lock.acquire()
+                taken.append(key)
+            yield
+        finally:
+            for key in reversed(taken):
+                with self._guard:
+                    lock, users = self._locks[key]
+                    lock.release()
+                    if users == 1:
+                        del self._locks[key]
+                    else:
+                        self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
+
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    """The pod a request names through CNI_ARGS."""
+
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def port_name(self) -> str:
+        """The pod's OVS port name."""
+        return port_name(self.namespace, self.name)
+
+
+class Agent:
+    """The node agent's state and CNI operations. Thread-safe."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        ovsdb: Connection,
+        kube: KubeApi,
+        *,
+        host_netns: str | None = None,
+        setup_retry_seconds: float = 2.0,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        """Nothing happens until `start()`; `host_netns` is where ovs-vswitchd runs (None: here)."""
+        self.config = config
+        self.ovsdb = ovsdb
+        self.kube = kube
+        self.host_netns = host_netns
+        self.setup_retry_seconds = setup_retry_seconds
+        self.metrics = metrics or AgentMetrics()
+        self.probe = FlowProbe(config.ovs_rundir / f"{config.bridge}.mgmt")
+        self.locks = KeyedLocks()
+        self._state_lock = threading.Lock()
+        self._node: NodeState | None = None
+        self._ipam: Ipam | None = None
+        self._not_ready = "node set-up has not run yet"
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Set up br-int, then the node (podCIDR, gateway, IPAM, Node annotations) and reconcile.
+
+        When the podCIDR is not known yet (or the API server is unreachable), a background thread
+        retries; STATUS answers 50 meanwhile. Raises OvsdbError/NodeSetupError when br-int itself
+        cannot be set up.
+        """
+        ensure_bridge(self.config, self.ovsdb)
+        if not self.try_setup():
+            self._retry_thread = threading.Thread(target=self._retry_setup, name="node-setup", daemon=True)
+            self._retry_thread.start()
+
+    def close(self) -> None:
+        """Stop the retry thread, close the flow probe and the IPAM store."""
+        self._stop.set()
+        if self._retry_thread is not None:
+            self._retry_thread.join(timeout=5)
+        self.probe.close()
+        with self._state_lock:
+            if self._ipam is not None:
+                self._ipam.close()
+
+    def _retry_setup(self) -> None:
+        while not self._stop.wait(self.setup_retry_seconds):
+            if self.try_setup():
+                return
+
+    def try_setup(self) -> bool:
+        """Run node set-up once; return True when the agent can serve ADD afterwards."""
+        try:
+            pod_cidr = resolve_pod_cidr(self.config, self.kube)
+            if pod_cidr is None:
+                self._not_ready = f"Node {self.config.node_name} has no spec.podCIDR yet (and no override)"
+                log.info("%s; retrying", self._not_ready)
+                return False
+            state = setup_node(self.config, self.ovsdb, pod_cidr, host_netns=self.host_netns)
+            ipam = Ipam(self.config.ipam_dir, pod_cidr)
+            self.kube.patch_node_annotations(self.config.node_name, state.annotations())
+        except (KubeError, NodeSetupError, IpamError, OvsdbError) as exc:
+            self._not_ready = str(exc)
+            log.warning("node set-up: %s; retrying", exc)
+            return False
+        log.info("published Node %s annotations %s", self.config.node_name, state.annotations())
+        # Reconcile before ADD is served: an ADD in flight could otherwise lose its fresh address.
+        try:
+            self.reconcile(ipam, state)
+        except (OvsdbError, IpamError) as exc:
+            log.error("reconcile failed (stale ports or addresses may remain until GC): %s", exc)
+        with self._state_lock:
+            if self._ipam is not None:
+                self._ipam.close()
+            self._node, self._ipam = state, ipam
+        self.metrics.ready.set(1)
+        return True
+
+    @property
+    def node(self) -> NodeState | None:
+        """The node's state once set up, else None."""
+        return self._node
+
+    @property
+    def ipam(self) -> Ipam | None:
+        """The IPAM store once the podCIDR is known, else None."""
+        return self._ipam
+
+    # --------------------------------------------------------------------------- reconciliation
+
+    def reconcile(self, ipam: Ipam, node: NodeState) -> None:
+        """Restart reconciliation: delete the ports of pods that are gone, free IPs of nothing.
+
+        Live pods are not touched, except an `internal` one whose device died with an
+        ovs-vswitchd restart (userspace internal ports are taps owned by vswitchd), which is
+        attached again. Does nothing when the Pods cannot be listed (deleting on a failed list
+        would cut every pod off). Runs before ADD is served.
+        """
+        try:
+            pods = {(p.namespace, p.name): p.uid for p in self.kube.list_pods_on_node(self.config.node_name)}
+        except KubeError as exc:
+            log.warning("reconcile skipped: cannot list this node's Pods: %s", exc)
+            return
+        live: list[Attachment] = []
+        stale: list[PortRecord] = []
+        repaired = 0
+        for record in self.ovsdb.ports_by_external_ids():
+            try:
+                pod = PodIdentity.from_external_ids(record.external_ids)
+            except ValueError as exc:
+                log.info("port %s: unreadable identity (%s): stale", record.name, exc)
+                stale.append(record)
+                continue
+            uid = pods.get((pod.namespace, pod.name))
+            if uid is None or (uid and pod.uid and uid != pod.uid):
+                log.info("port %s: pod %s/%s is gone: stale", record.name, pod.namespace, pod.name)
+                stale.append(record)
+            elif not os.path.exists(pod.netns):
+                log.info(
+                    "port %s: sandbox %s (netns %s) is gone: stale", record.name, pod.container_id, pod.netns
+                )
+                stale.append(record)
+            else:
+                live.append(Attachment(pod.container_id, pod.ifname))
+                if record.external_ids.get(Key.KIND) == AttachmentKind.INTERNAL.value:
+                    repaired += self._repair_internal(pod, node)
+        for record in stale:
+            with self.locks.hold(record.external_ids.get(Key.CONTAINER_ID, ""), record.name):
+                try:
+                    self._detach(record, record.external_ids.get(Key.NETNS) or None)
+                except AttachError as exc:
+                    log.error("reconcile: %s", exc)
+        freed = ipam.reconcile(live)
+        log.info(
+            "reconciled: %d live pod(s) kept (%d re-attached), %d stale port(s) removed, %d IP(s) freed",
+            len(live),
+            repaired,
+            len(stale),
+            len(freed),
+        )
+
+    def _repair_internal(self, pod: PodIdentity, node: NodeState) -> int:
+        """Attach an internal-port pod again when its device is dead; return 1 if it was."""
+        spec = self._spec(pod, node)
+        attachment = attachment_for(AttachmentKind.INTERNAL, self.ovsdb, host_netns=self.host_netns)
+        problems = attachment.check(spec)
+        if not problems:
+            return 0
+        log.warning("pod %s/%s: %s: attaching it again", pod.namespace, pod.name, "; ".join(problems))
+        try:
+            attachment.attach(spec)
+        except AttachError as exc:
+            log.error("re-attaching pod %s/%s failed: %s", pod.namespace, pod.name, exc)
+            return 0
+        return 1
+
+    def _spec(self, pod: PodIdentity, node: NodeState) -> AttachSpec:
+        return AttachSpec(
+            pod,
+            self.config.bridge,
+            node.gateway.ip,
+            node.mtu,
+            tx_checksum_off=self.config.datapath_type is DatapathType.NETDEV,
+        )
+
+    # ------------------------------------------------------------------------------- dispatch
+
+    def handle(self, request: Request) -> Response:
+        """Serve one CNI request; never raises."""
+        started = time.monotonic()
+        response = self._handle(request, started)
+        code = 0 if response.error is None else response.error.code
+        self.metrics.observe(request.command.value, code, time.monotonic() - started)
+        return response
+
+    def _handle(self, request: Request, started: float) -> Response:
+        try:
+            handler = {
+                Command.ADD: self.add,
+                Command.DEL: self.delete,
+                Command.CHECK: self.check,
+                Command.STATUS: self.status,
+                Command.GC: self.gc,
+            }[request.command]
+            result = handler(request)
+            # STATUS is polled by the runtime: keep it out of the INFO log
+            log.log(
+                logging.DEBUG if request.command is Command.STATUS else logging.INFO,
+                "%s %s/%s ok in %.3fs", request.command, request.container_id, request.ifname,
+                time.monotonic() - started,
+            )  # fmt: skip
+            return Response.success(result)
+        except CniError as exc:
+            log.warning("%s %s/%s failed: %s", request.command, request.container_id, request.ifname, exc)
+            return Response.from_error(exc)
+        except Exception as exc:
+            log.exception("%s %s/%s: internal error", request.command, request.container_id, request.ifname)
+            return Response.failure(ErrorCode.INTERNAL, f"sluice agent internal error: {exc}")
+
+    # -------------------------------------------------------------------------------------- ADD
+
+    def add(self, request: Request) -> dict[str, Any]:
+        """ADD: allocate, attach, publish, wait for the pod's flows; return a 1.1.0 result."""
+        deadline = time.monotonic() + max(0.0, request.timeout_seconds - DEADLINE_MARGIN)
+        node, ipam = self._ready()
+        pod = _pod_ref(request, required=True)
+        assert pod is not None
+        cid, ifname = request.container_id, request.ifname
+        with self.locks.hold(cid, pod.port_name):
+            self._take_over_port(pod, cid, ifname, ipam)
+            owner = Owner(cid, ifname, pod.namespace, pod.name, pod.uid)
+            allocation = _allocate(ipam, owner, _requested_ip(request))
+            identity = PodIdentity(
+                pod.namespace, pod.name, pod.uid, cid, ifname, _v4(allocation.interface), request.netns
+            )
+            spec = self._spec(identity, node)
+            attachment = attachment_for(
+                self.config.interface_type.value, self.ovsdb, host_netns=self.host_netns
+            )
+            if self.ovsdb.port(pod.port_name) is not None and not attachment.check(spec):
+                log.debug("ADD %s: %s already attached, nothing to do", cid, pod.port_name)
+            else:
+                try:
+                    attachment.attach(spec)
+                except AttachError as exc:
+                    try:
+                        ipam.release(owner)
+                    except IpamError as release_error:  # the attach error is the one to report
+                        log.error("releasing %s after a failed attach: %s", owner, release_error)
+                    code = (
+                        ErrorCode.INVALID_NETNS
+                        if not os.path.exists(request.netns)
+                        else AgentCode.ATTACH_FAILED
+                    )
+                    raise CniError(code, str(exc)) from None
+            self._publish(request, pod, identity)
+        remaining = deadline - time.monotonic()
+        wait = min(self.config.flow_wait_seconds, max(0.0, remaining))
+        if not self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait):
+            raise CniError(
+                ErrorCode.TRY_AGAIN_LATER,
+                f"the flows of pod {pod.namespace}/{pod.name} are not on {self.config.bridge} "
+                f"after {wait:.1f}s",
+                "the pod is plumbed and published; the controller has not programmed it yet. A retried "
+                "ADD returns as soon as it has.",
+            )
+        return self._result(identity, node)
+
+    def _take_over_port(self, pod: PodRef, cid: str, ifname: str, ipam: Ipam) -> None:
+        """Refuse a port of another pod; replace one left by this pod's earlier sandbox."""
+        record = self.ovsdb.port(pod.port_name)
+        if record is None:
+            return
+        ids = record.external_ids
+        if (ids.get(Key.NAMESPACE), ids.get(Key.NAME)) != (pod.namespace, pod.name):
+            raise CniError(
+                AgentCode.PORT_CONFLICT,
+                f"OVS port {pod.port_name} belongs to pod {ids.get(Key.NAMESPACE)}/{ids.get(Key.NAME)}, "
+                f"not {pod.namespace}/{pod.name} (port-name hash collision)",
+            )
+        old = (ids.get(Key.CONTAINER_ID, ""), ids.get(Key.IFNAME, ""))
+        if old == (cid, ifname):
+            return
+        log.warning(
+            "pod %s/%s: replacing the attachment of earlier sandbox %s/%s (never deleted) by %s/%s",
+            pod.namespace, pod.name, old[0], old[1], cid, ifname,
+        )  # fmt: skip
+        try:
+            self._detach(record, ids.get(Key.NETNS) or None)
+        except AttachError as exc:
+            raise CniError(AgentCode.ATTACH_FAILED, str(exc)) from None
+        if old[0] and old[1]:
+            ipam.release(Attachment(*old))
+
+    def _publish(self, request: Request, pod: PodRef, identity: PodIdentity) -> None:
+        status = [
+            {
+                "name": request.network_name,
+                "interface": identity.ifname,
+                "ips": [str(identity.ip.ip)],
+                "mac": identity.mac,
+                "default": True,
+            }
+        ]
+        annotations = {POD_PORT_NAME: pod.port_name, NETWORK_STATUS: json.dumps(status)}
+        try:
+            self.kube.patch_pod_annotations(pod.namespace, pod.name, annotations)
+        except NotFound:
+            raise CniError(
+                ErrorCode.TRY_AGAIN_LATER,
+                f"Pod {pod.namespace}/{pod.name} does not exist in the API server: "
+                "cannot publish its network status",
+            ) from None
+        except KubeError as exc:
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, f"cannot publish the network status: {exc}") from None
+
+    def _result(self, identity: PodIdentity, node: NodeState) -> dict[str, Any]:
+        host: dict[str, Any] = {"name": identity.port_name}
+        if self.config.interface_type.value == AttachmentKind.VETH.value:
+            mac = netns.link_mac(identity.port_name, netns=self.host_netns)
+            if mac:
+                host["mac"] = mac
+        return {
+            "cniVersion": RESULT_VERSION,
+            "interfaces": [
+                host,
+                {"name": identity.ifname, "mac": identity.mac, "sandbox": identity.netns, "mtu": node.mtu},
+            ],
+            "ips": [{"address": str(identity.ip), "gateway": str(node.gateway.ip), "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": str(node.gateway.ip)}],
+            "dns": {},
+        }
+
+    # -------------------------------------------------------------------------------------- DEL
+
+    def delete(self, request: Request) -> None:
+        """DEL: release port, pod interface, IP and annotations; whatever is already gone is fine.
+
+        A port recorded for another container of the same pod is left alone (a stale DEL must not
+        cut off the pod's live sandbox).
+        """
+        cid, ifname = request.container_id, request.ifname
+        pod = _pod_ref(request, required=False)
+        target_netns = request.netns or None
+        with self.locks.hold(cid, pod.port_name if pod else ""):
+            record = self.ovsdb.port(pod.port_name) if pod else self._find_port(cid, ifname)
+            ours = record is not None and (
+                record.external_ids.get(Key.CONTAINER_ID),
+                record.external_ids.get(Key.IFNAME),
+            ) == (cid, ifname)
+            if record is not None and ours:
+                try:
+                    self._detach(record, target_netns)
+                except AttachError as exc:
+                    raise CniError(ErrorCode.TRY_AGAIN_LATER, str(exc)) from None
+                if pod is None:
+                    ids = record.external_ids
+                    pod = PodRef(ids.get(Key.NAMESPACE, ""), ids.get(Key.NAME, ""), ids.get(Key.UID, ""))
+            elif record is not None:
+                log.info(
+                    "DEL %s/%s: port %s belongs to container %s: left alone",
+                    cid, ifname, record.name, record.external_ids.get(Key.CONTAINER_ID),
+                )  # fmt: skip
+            elif target_netns is not None:
+                with contextlib.suppress(netns.NetlinkError):  # a half-done ADD's pod interface
+                    netns.delete_link(ifname, netns=target_netns)
+            ipam = self._ipam
+            if ipam is not None:
+                try:
+                    ipam.release(Attachment(cid, ifname))
+                except IpamError as exc:
+                    raise CniError(ErrorCode.IO_FAILURE, str(exc)) from None
+            if pod is not None and pod.namespace and pod.name and (record is None or ours):
+                self._unpublish(pod)
+
+    def _unpublish(self, pod: PodRef) -> None:
+        try:
+            self.kube.patch_pod_annotations(
+                pod.namespace, pod.name, {POD_PORT_NAME: None, NETWORK_STATUS: None}
+            )
+        except NotFound:
+            pass
+        except KubeError as exc:
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, f"cannot remove the network status: {exc}") from None
+
+    def _find_port(self, cid: str, ifname: str) -> PortRecord | None:
+        for record in self.ovsdb.ports_by_external_ids():
+            ids = record.external_ids
+            if ids.get(Key.CONTAINER_ID) == cid and ids.get(Key.IFNAME) == ifname:
+                return record
+        return None
+
+    def _detach(self, record: PortRecord, pod_netns: str | None) -> None:
+        kind = record.external_ids.get(Key.KIND, self.config.interface_type.value)
+        if kind not in (k.value for k in AttachmentKind):
+            kind = self.config.interface_type.value
+        attachment = attachment_for(kind, self.ovsdb, host_netns=self.host_netns)
+        ifname = record.external_ids.get(Key.IFNAME, "eth0")
+        attachment.detach(DetachSpec(record.name, ifname, pod_netns))
+
+    # ------------------------------------------------------------------------------------ CHECK
+
+    def check(self, request: Request) -> None:
+        """CHECK: compare prevResult with the interface, address, route, OVS port and IPAM record."""
+        node, ipam = self._ready()
+        cid, ifname = request.container_id, request.ifname
+        pod = _pod_ref(request, required=False)
+        with self.locks.hold(cid, pod.port_name if pod else ""):
+            problems: list[str] = []
+            allocation = ipam.lookup(Attachment(cid, ifname))
+            record = self.ovsdb.port(pod.port_name) if pod else self._find_port(cid, ifname)
+            if allocation is None and record is None:
+                raise CniError(ErrorCode.UNKNOWN_CONTAINER, f"no attachment {cid}/{ifname} on this node")
+            if allocation is None:
+                problems.append(f"no IPAM record for {cid}/{ifname}")
+            prev = request.prev_result or {}
+            problems += _check_prev_result(
+                prev, ifname, request.netns, _v4(allocation.interface) if allocation else None
+            )
+            if record is None:
+                name = pod.port_name if pod else f"for {cid}/{ifname}"
+                problems.append(f"OVS port {name} is missing")
+            elif record.external_ids.get(Key.CONTAINER_ID) != cid:
+                problems.append(
+                    f"OVS port {record.name} belongs to container {record.external_ids.get(Key.CONTAINER_ID)}"
+                )
+            elif allocation is not None:
+                identity = PodIdentity(
+                    record.external_ids.get(Key.NAMESPACE, ""),
+                    record.external_ids.get(Key.NAME, ""),
+                    record.external_ids.get(Key.UID, ""),
+                    cid,
+                    ifname,
+                    _v4(allocation.interface),
+                    request.netns,
+                )
+                kind = record.external_ids.get(Key.KIND, self.config.interface_type.value)
+                attachment = attachment_for(kind, self.ovsdb, host_netns=self.host_netns)
+                problems += attachment.check(self._spec(identity, node))
+            if problems:
+                raise CniError(AgentCode.CHECK_FAILED, "CHECK failed: " + "; ".join(problems))
+
+    # ----------------------------------------------------------------------------------- STATUS
+
+    def status(self, request: Request) -> None:
+        """STATUS: 0 when ADD can be served, 50 when it cannot, 51 when pods may be cut off."""
+        try:
+            connected = self.ovsdb.is_connected()
+            bridge = self.ovsdb.bridge(self.config.bridge) if connected else None
+        except OvsdbError as exc:
+            raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection: {exc}") from None
+        if not connected:
+            raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection to {self.ovsdb.target}")
+        if bridge is None:
+            raise CniError(
+                ErrorCode.LIMITED_CONNECTIVITY,
+                f"bridge {self.config.bridge} is gone: existing pods may be cut off",
+            )
+        if self._node is None or self._ipam is None:
+            raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {self._not_ready}")
+
+    # --------------------------------------------------------------------------------------- GC
+
+    def gc(self, request: Request) -> None:
+        """GC: remove ports, IPs and records of every attachment not in cni.dev/valid-attachments."""
+        valid = request.valid_attachments
+        if valid is None:
+            log.warning(
+                "GC without cni.dev/valid-attachments: nothing collected (it would delete everything)"
+            )
+            return
+        keep = {Attachment(a.container_id, a.ifname) for a in valid}
+        errors: list[str] = []
+        removed: list[str] = []
+        try:
+            records = self.ovsdb.ports_by_external_ids()
+        except OvsdbError as exc:
+            records = []
+            errors.append(f"cannot list OVS ports: {exc}")
+        for record in records:
+            ids = record.external_ids
+            key = Attachment(ids.get(Key.CONTAINER_ID, ""), ids.get(Key.IFNAME, ""))
+            if key in keep:
+                continue
+            with self.locks.hold(key.container_id, record.name):
+                try:
+                    self._detach(record, ids.get(Key.NETNS) or None)
+                    removed.append(record.name)
+                except AttachError as exc:
+                    errors.append(str(exc))
+                    continue
+                if ids.get(Key.NAMESPACE) and ids.get(Key.NAME):
+                    pod = PodRef(ids[Key.NAMESPACE], ids[Key.NAME], ids.get(Key.UID, ""))
+                    try:
+                        self._unpublish(pod)
+                    except CniError as exc:
+                        errors.append(exc.msg)
+        freed = []
+        ipam = self._ipam
+        if ipam is not None:
+            try:
+                freed = ipam.reconcile(keep)
+            except IpamError as exc:
+                errors.append(f"IPAM: {exc}")
+        log.info("GC: removed ports %s, freed %s", removed, [str(a.ip) for a in freed])
+        if errors:
+            raise CniError(
+                AgentCode.GC_INCOMPLETE, f"GC finished with {len(errors)} error(s)", "; ".join(errors)
+            )
+
+    # ---------------------------------------------------------------------------------- helpers
+
+    def _ready(self) -> tuple[NodeState, Ipam]:
+        with self._state_lock:
+            node, ipam = self._node, self._ipam
+        if node is None or ipam is None:
+            raise CniError(ErrorCode.TRY_AGAIN_LATER, f"the agent cannot serve ADD yet: {self._not_ready}")
+        return node, ipam
+
+
+def _v4(interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> ipaddress.IPv4Interface:
+    if not isinstance(interface, ipaddress.IPv4Interface):
+        raise CniError(ErrorCode.INTERNAL, f"IPAM returned {interface}: only IPv4 is supported")
+    return interface
+
+
+def _pod_ref(request: Request, *, required: bool) -> PodRef | None:
+    args = request.args
+    if args.pod_namespace and args.pod_name:
+        return PodRef(args.pod_namespace, args.pod_name, args.pod_uid or "")
+    if required:
+        missing = [
+            n
+            for n, v in (("K8S_POD_NAMESPACE", args.pod_namespace), ("K8S_POD_NAME", args.pod_name))
+            if not v
+        ]
+        raise CniError(
+            ErrorCode.INVALID_ENVIRONMENT_VARIABLES,
+            f"CNI_ARGS lacks {' and '.join(missing)}: "
+            "Sluice attaches Kubernetes pods and needs to know which",
+        )
+    return None
+
+
+def _requested_ip(request: Request) -> str | None:
+    ips = request.runtime_config.get("ips")
+    if isinstance(ips, list) and ips:
+        for item in ips:
+            if isinstance(item, str) and ":" not in item:
+                return item
+        raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, f"runtimeConfig.ips {ips!r} holds no IPv4 address")
+    if ips not in (None, []):
+        raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, "runtimeConfig.ips must be a list of addresses")
+    return request.args.ip
+
+
+def _allocate(ipam: Ipam, owner: Owner, requested: str | None) -> Any:
+    try:
+        return ipam.allocate(owner, requested)
+    except RangeExhausted as exc:
+        raise CniError(AgentCode.IP_RANGE_EXHAUSTED, str(exc)) from None
+    except (IpInUse, AttachmentHoldsOtherIp) as exc:
+        raise CniError(AgentCode.STATIC_IP_IN_USE, str(exc)) from None
+    except StaticIpRefused as exc:  # out of range, reserved, prefix mismatch
+        raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, str(exc)) from None
+    except StoreError as exc:
+        raise CniError(ErrorCode.IO_FAILURE, str(exc)) from None
+    except IpamError as exc:  # InvalidIp, InvalidOwner
+        raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, str(exc)) from None
+
+
+def _check_prev_result(
+    prev: Mapping[str, Any], ifname: str, sandbox: str, address: ipaddress.IPv4Interface | None
+) -> list[str]:
+    """Compare prevResult's pod interface, address and default route with what the agent recorded."""
+    problems: list[str] = []
+    interfaces = prev.get("interfaces") or []
+    pod_index = next(
+        (i for i, itf in enumerate(interfaces) if isinstance(itf, dict) and itf.get("sandbox")), None
+    )
+    if pod_index is None:
+        problems.append("prevResult lists no pod interface (one with a sandbox)")
+    else:
+        itf = interfaces[pod_index]
+        if itf.get("name") != ifname:
+            problems.append(f"prevResult interface {itf.get('name')!r} is not {ifname!r}")
+        if sandbox and itf.get("sandbox") != sandbox:
+            problems.append(f"prevResult sandbox {itf.get('sandbox')!r} is not {sandbox!r}")
+        if address is not None and itf.get("mac") and itf["mac"].lower() != mac_for_ip(address.ip):
+            problems.append(f"prevResult MAC {itf['mac']} is not {mac_for_ip(address.ip)}")
+    ips = [ip for ip in prev.get("ips") or [] if isinstance(ip, dict)]
+    if not ips:
+        problems.append("prevResult has no IP address")
+    elif address is not None and ips[0].get("address") != str(address):
+        problems.append(f"prevResult address {ips[0].get('address')} differs from the recorded {address}")
+    gateway = str(address.network.network_address + 1) if address is not None else None
+    routes = [r for r in prev.get("routes") or [] if isinstance(r, dict) and r.get("dst") == "0.0.0.0/0"]
+    if gateway is not None and routes and routes[0].get("gw") != gateway:
+        problems.append(f"prevResult default route via {routes[0].get('gw')}, expected {gateway}")
+    return problems
