@@ -1,0 +1,71 @@
+"""`sluice-controller` as a program: bad config and taken ports are clear errors; health before readiness."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from lab.apiserver import ApiServer
+from tests.controller.harness import CONTROLLER_BIN, ControllerProcess, free_port, wait_for
+
+
+def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CONTROLLER_BIN), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_an_unknown_setting_is_named_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("openflow_port: 6653\nresync_secs: 5\n")
+    result = run("--config", str(config))
+    assert result.returncode == 1
+    assert "resync_secs: unknown setting" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1 and "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_taken_openflow_port_exits_3_with_one_line(tmp_path: Path) -> None:
+    with ApiServer("127.0.0.1", 0) as api, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        config.write_text(
+            f"openflow_address: 127.0.0.1\nopenflow_port: {port}\nmetrics_address: 127.0.0.1\n"
+            f"metrics_port: {free_port()}\nkubeconfig: {kubeconfig}\n"
+        )
+        result = run("--config", str(config))
+    assert result.returncode == 3
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_healthy_but_not_ready_while_the_api_server_is_unreachable(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    # A kubeconfig for a server that is not there (yet).
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        f"clusters: [{{name: x, cluster: {{server: 'http://127.0.0.1:{free_port()}'}}}}]\n"
+        "contexts: [{name: x, context: {cluster: x, user: x}}]\nusers: [{name: x, user: {}}]\n"
+    )
+    controller = ControllerProcess(tmp_path, kubeconfig)
+    assert controller.proc is None
+    proc = subprocess.Popen(
+        [str(CONTROLLER_BIN), "--config", str(controller.config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    controller.proc = proc
+    try:
+        wait_for(lambda: controller.http("/healthz")[0] == 200, 20, "/healthz")
+        assert controller.http("/readyz")[0] == 503
+        assert controller.http("/nope")[0] == 404
+        code, took = controller.stop(signal.SIGTERM)
+        assert code == 0 and took < 5
+    finally:
+        controller.kill()
