@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 ethtool tcpdump iperf3 \
 	containernetworking-plugins python3-venv python3-dev gcc make procps iputils-ping \
-	ncat kmod util-linux
+	ncat kmod util-linux podman runc busybox-static
 # Packages whose absence makes a test fail loudly rather than skip (see tests/conftest.py).
 MYPY_STRICT := flows cni controller ovsagent lab
 

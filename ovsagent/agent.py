@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,7 @@ from cni.protocol import Command, Request, Response
 from ovsagent import netns
 from ovsagent.attach import AttachError, AttachmentKind, AttachSpec, DetachSpec, attachment_for
 from ovsagent.config import AgentConfig, DatapathType
+from ovsagent.crashpoints import CrashHook, Stage, no_crash
 from ovsagent.flowprobe import FlowProbe, pod_cookie
 from ovsagent.ipam import (
     Attachment,
@@ -39,13 +41,14 @@ from ovsagent.ipam import (
 )
 from ovsagent.kube import NETWORK_STATUS, POD_PORT_NAME, KubeApi, KubeError, NotFound
 from ovsagent.metrics import AgentMetrics
-from ovsagent.naming import Key, PodIdentity, mac_for_ip, port_name
+from ovsagent.naming import PORT_NAME_RE, Key, PodIdentity, mac_for_ip, port_name
 from ovsagent.node import NodeSetupError, NodeState, ensure_bridge, resolve_pod_cidr, setup_node
-from ovsagent.ovsdb import Connection, OvsdbError, PortRecord
+from ovsagent.ovsdb import TUNNEL_PORT, Connection, OvsdbError, PortRecord
 
 log = logging.getLogger(__name__)
 
 RESULT_VERSION = "1.1.0"
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Time kept back from the plugin's deadline so a failed wait still reaches the runtime as code 11.
 DEADLINE_MARGIN = 0.5
 
@@ -97,6 +100,54 @@ class KeyedLocks:
             return len(self._locks)
 
 
+class OperationGate:
+    """CNI operations run together (`shared`); a periodic resync runs alone (`exclusive`).
+
+    The resync reads OVSDB, the IPAM store and the Pods and deletes what belongs to nothing, which
+    is only right when no ADD is half way (an address reserved, its port not created yet). A
+    waiting resync holds new operations back, so a steady stream of ADDs cannot starve it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """Hold the gate with other operations for the block."""
+        with self._cond:
+            while self._exclusive or self._waiting:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the gate alone for the block (waits for operations in flight)."""
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self._exclusive or self._active:
+                    self._cond.wait()
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 @dataclass(frozen=True, slots=True)
 class PodRef:
     """The pod a request names through CNI_ARGS."""
@@ -123,8 +174,10 @@ class Agent:
         host_netns: str | None = None,
         setup_retry_seconds: float = 2.0,
         metrics: AgentMetrics | None = None,
+        crash_hook: CrashHook = no_crash,
     ) -> None:
-        """Nothing happens until `start()`; `host_netns` is where ovs-vswitchd runs (None: here)."""
+        """Nothing happens until `start()`; `host_netns` is where ovs-vswitchd runs (None: here);
+        `crash_hook` is called at each stage of ADD and DEL (the crash-point test hook)."""
         self.config = config
         self.ovsdb = ovsdb
         self.kube = kube
@@ -133,12 +186,15 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.probe = FlowProbe(config.ovs_rundir / f"{config.bridge}.mgmt")
         self.locks = KeyedLocks()
+        self.gate = OperationGate()
+        self.crash_hook = crash_hook
         self._state_lock = threading.Lock()
         self._node: NodeState | None = None
         self._ipam: Ipam | None = None
         self._not_ready = "node set-up has not run yet"
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
+        self._resync_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -153,12 +209,16 @@ class Agent:
         if not self.try_setup():
             self._retry_thread = threading.Thread(target=self._retry_setup, name="node-setup", daemon=True)
             self._retry_thread.start()
+        if self.config.resync_seconds > 0:
+            self._resync_thread = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
+            self._resync_thread.start()
 
     def close(self) -> None:
-        """Stop the retry thread, close the flow probe and the IPAM store."""
+        """Stop the retry and resync threads, close the flow probe and the IPAM store."""
         self._stop.set()
-        if self._retry_thread is not None:
-            self._retry_thread.join(timeout=5)
+        for thread in (self._retry_thread, self._resync_thread):
+            if thread is not None:
+                thread.join(timeout=5)
         self.probe.close()
         with self._state_lock:
             if self._ipam is not None:
@@ -186,8 +246,10 @@ class Agent:
             return False
         log.info("published Node %s annotations %s", self.config.node_name, state.annotations())
         # Reconcile before ADD is served: an ADD in flight could otherwise lose its fresh address.
+        # Exclusive: when set-up is retried in the background, DEL and GC are already served.
         try:
-            self.reconcile(ipam, state)
+            with self.gate.exclusive():
+                self.reconcile(ipam, state)
         except (OvsdbError, IpamError) as exc:
             log.error("reconcile failed (stale ports or addresses may remain until GC): %s", exc)
         with self._state_lock:
@@ -208,6 +270,38 @@ class Agent:
         return self._ipam
 
     # --------------------------------------------------------------------------- reconciliation
+
+    def _resync_loop(self) -> None:
+        while not self._stop.wait(self.config.resync_seconds):
+            try:
+                self.resync()
+            except Exception:  # the loop must outlive any one failure
+                log.exception("periodic resync failed")
+
+    def resync(self) -> bool:
+        """Run the restart reconciliation again while serving (alone: no CNI operation is in
+        flight); return False when it was skipped (node not set up, or br-int gone)."""
+        with self._state_lock:
+            node, ipam = self._node, self._ipam
+        if node is None or ipam is None:
+            return False
+        with self.gate.exclusive():
+            try:
+                bridge = self.ovsdb.bridge(self.config.bridge) if self.ovsdb.is_connected() else None
+            except OvsdbError as exc:
+                log.warning("resync skipped: %s", exc)
+                return False
+            if bridge is None:
+                # Every port went with the bridge: reconciling now would free the address of
+                # every pod that still holds it. STATUS reports 51 meanwhile.
+                log.error("resync skipped: bridge %s is gone (STATUS answers 51)", self.config.bridge)
+                return False
+            try:
+                self.reconcile(ipam, node)
+            except (OvsdbError, IpamError) as exc:
+                log.error("resync failed: %s", exc)
+                return False
+        return True
 
     def reconcile(self, ipam: Ipam, node: NodeState) -> None:
         """Restart reconciliation: delete the ports of pods that are gone, free IPs of nothing.
@@ -251,14 +345,39 @@ class Agent:
                     self._detach(record, record.external_ids.get(Key.NETNS) or None)
                 except AttachError as exc:
                     log.error("reconcile: %s", exc)
+        orphans = self._remove_orphan_veths()
         freed = ipam.reconcile(live)
         log.info(
-            "reconciled: %d live pod(s) kept (%d re-attached), %d stale port(s) removed, %d IP(s) freed",
+            "reconciled: %d live pod(s) kept (%d re-attached), %d stale port(s) and %d orphan veth(s) "
+            "removed, %d IP(s) freed",
             len(live),
             repaired,
             len(stale),
+            len(orphans),
             len(freed),
         )
+
+    def _remove_orphan_veths(self) -> list[str]:
+        """Delete host-side veth ends named like pod ports that are no OVS interface: what an ADD
+        killed between creating the veth and adding its port, or a DEL killed between removing
+        the port and the veth, leaves behind. Deleting the host end takes the pod end along."""
+        try:
+            links = netns.list_links(netns=self.host_netns)
+        except netns.NetlinkError as exc:
+            log.warning("cannot look for orphan veths: %s", exc)
+            return []
+        in_ovs = self.ovsdb.interface_names()
+        removed = []
+        for name, kind in links:
+            if kind == "veth" and PORT_NAME_RE.match(name) and name not in in_ovs:
+                with self.locks.hold(name):
+                    try:
+                        if netns.delete_link(name, netns=self.host_netns):
+                            log.info("removed orphan veth %s (no OVS port)", name)
+                            removed.append(name)
+                    except netns.NetlinkError as exc:
+                        log.error("cannot remove orphan veth %s: %s", name, exc)
+        return removed
 
     def _repair_internal(self, pod: PodIdentity, node: NodeState) -> int:
         """Attach an internal-port pod again when its device is dead; return 1 if it was."""
@@ -327,16 +446,21 @@ class Agent:
         pod = _pod_ref(request, required=True)
         assert pod is not None
         cid, ifname = request.container_id, request.ifname
-        with self.locks.hold(cid, pod.port_name):
+        # the gate keeps a periodic resync out while an address exists without its port
+        with self.gate.shared(), self.locks.hold(cid, pod.port_name):
             self._take_over_port(pod, cid, ifname, ipam)
             owner = Owner(cid, ifname, pod.namespace, pod.name, pod.uid)
             allocation = _allocate(ipam, owner, _requested_ip(request))
+            self.crash_hook(Stage.ADD_IP_RESERVED)
             identity = PodIdentity(
                 pod.namespace, pod.name, pod.uid, cid, ifname, _v4(allocation.interface), request.netns
             )
             spec = self._spec(identity, node)
             attachment = attachment_for(
-                self.config.interface_type.value, self.ovsdb, host_netns=self.host_netns
+                self.config.interface_type.value,
+                self.ovsdb,
+                host_netns=self.host_netns,
+                on_stage=self.crash_hook,
             )
             if self.ovsdb.port(pod.port_name) is not None and not attachment.check(spec):
                 log.debug("ADD %s: %s already attached, nothing to do", cid, pod.port_name)
@@ -355,8 +479,10 @@ class Agent:
                     )
                     raise CniError(code, str(exc)) from None
             self._publish(request, pod, identity)
+            self.crash_hook(Stage.ADD_PUBLISHED)
         remaining = deadline - time.monotonic()
         wait = min(self.config.flow_wait_seconds, max(0.0, remaining))
+        self.crash_hook(Stage.ADD_FLOW_WAIT)
         if not self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait):
             raise CniError(
                 ErrorCode.TRY_AGAIN_LATER,
@@ -443,7 +569,7 @@ class Agent:
         cid, ifname = request.container_id, request.ifname
         pod = _pod_ref(request, required=False)
         target_netns = request.netns or None
-        with self.locks.hold(cid, pod.port_name if pod else ""):
+        with self.gate.shared(), self.locks.hold(cid, pod.port_name if pod else ""):
             record = self.ovsdb.port(pod.port_name) if pod else self._find_port(cid, ifname)
             ours = record is not None and (
                 record.external_ids.get(Key.CONTAINER_ID),
@@ -451,7 +577,7 @@ class Agent:
             ) == (cid, ifname)
             if record is not None and ours:
                 try:
-                    self._detach(record, target_netns)
+                    self._detach(record, target_netns, on_stage=self.crash_hook)
                 except AttachError as exc:
                     raise CniError(ErrorCode.TRY_AGAIN_LATER, str(exc)) from None
                 if pod is None:
@@ -471,8 +597,10 @@ class Agent:
                     ipam.release(Attachment(cid, ifname))
                 except IpamError as exc:
                     raise CniError(ErrorCode.IO_FAILURE, str(exc)) from None
+                self.crash_hook(Stage.DEL_IP_RELEASED)
             if pod is not None and pod.namespace and pod.name and (record is None or ours):
                 self._unpublish(pod)
+            self.crash_hook(Stage.DEL_UNPUBLISHED)
 
     def _unpublish(self, pod: PodRef) -> None:
         try:
@@ -491,11 +619,11 @@ class Agent:
                 return record
         return None
 
-    def _detach(self, record: PortRecord, pod_netns: str | None) -> None:
+    def _detach(self, record: PortRecord, pod_netns: str | None, on_stage: CrashHook = no_crash) -> None:
         kind = record.external_ids.get(Key.KIND, self.config.interface_type.value)
         if kind not in (k.value for k in AttachmentKind):
             kind = self.config.interface_type.value
-        attachment = attachment_for(kind, self.ovsdb, host_netns=self.host_netns)
+        attachment = attachment_for(kind, self.ovsdb, host_netns=self.host_netns, on_stage=on_stage)
         ifname = record.external_ids.get(Key.IFNAME, "eth0")
         attachment.detach(DetachSpec(record.name, ifname, pod_netns))
 
@@ -559,6 +687,20 @@ class Agent:
             )
         if self._node is None or self._ipam is None:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {self._not_ready}")
+        # Without its gateway port no pod reaches the node; without the Geneve port no pod reaches
+        # another node. Both exist once node set-up ran, so a missing one was deleted under us.
+        try:
+            missing = [
+                name for name in (self.config.gateway_port, TUNNEL_PORT) if self.ovsdb.port(name) is None
+            ]
+        except OvsdbError as exc:
+            raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection: {exc}") from None
+        if missing:
+            raise CniError(
+                ErrorCode.LIMITED_CONNECTIVITY,
+                f"OVS port(s) {', '.join(missing)} gone from {self.config.bridge}: "
+                "existing pods may be cut off",
+            )
 
     # --------------------------------------------------------------------------------------- GC
 
@@ -570,7 +712,10 @@ class Agent:
                 "GC without cni.dev/valid-attachments: nothing collected (it would delete everything)"
             )
             return
-        keep = {Attachment(a.container_id, a.ifname) for a in valid}
+        with self.gate.shared():
+            self._gc({Attachment(a.container_id, a.ifname) for a in valid})
+
+    def _gc(self, keep: set[Attachment]) -> None:
         errors: list[str] = []
         removed: list[str] = []
         try:
@@ -627,14 +772,21 @@ def _v4(interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> ipaddre
 
 def _pod_ref(request: Request, *, required: bool) -> PodRef | None:
     args = request.args
-    if args.pod_namespace and args.pod_name:
-        return PodRef(args.pod_namespace, args.pod_name, args.pod_uid or "")
+    namespace = args.pod_namespace
+    if not namespace and args.pod_name:
+        # Runtimes that are not the kubelet (podman) pass only K8S_POD_NAME: the network config
+        # may name the namespace their pods live in (docs/cni.md, `podNamespace`).
+        fallback = request.config.get("podNamespace")
+        if fallback is not None and not (isinstance(fallback, str) and _NAMESPACE_RE.match(fallback)):
+            raise CniError(
+                ErrorCode.INVALID_NETWORK_CONFIG,
+                f"podNamespace must be a Kubernetes namespace name (a DNS-1123 label), not {fallback!r}",
+            )
+        namespace = fallback
+    if namespace and args.pod_name:
+        return PodRef(namespace, args.pod_name, args.pod_uid or "")
     if required:
-        missing = [
-            n
-            for n, v in (("K8S_POD_NAMESPACE", args.pod_namespace), ("K8S_POD_NAME", args.pod_name))
-            if not v
-        ]
+        missing = [n for n, v in (("K8S_POD_NAMESPACE", namespace), ("K8S_POD_NAME", args.pod_name)) if not v]
         raise CniError(
             ErrorCode.INVALID_ENVIRONMENT_VARIABLES,
             f"CNI_ARGS lacks {' and '.join(missing)}: "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ovsagent import netns
+from ovsagent.crashpoints import CrashHook, Stage, no_crash
 from ovsagent.naming import Key, PodIdentity
 from ovsagent.ovsdb import OvsdbError, PortRecord, PortSpec
 
@@ -148,11 +149,20 @@ class _Base:
 
     kind: AttachmentKind
 
-    def __init__(self, ovsdb: PortStore, *, host_netns: str | None = None, timeout: float = 10.0) -> None:
-        """`host_netns` is the namespace where ovs-vswitchd runs (None: this process's)."""
+    def __init__(
+        self,
+        ovsdb: PortStore,
+        *,
+        host_netns: str | None = None,
+        timeout: float = 10.0,
+        on_stage: CrashHook = no_crash,
+    ) -> None:
+        """`host_netns` is the namespace where ovs-vswitchd runs (None: this process's); `on_stage`
+        is called after each step (the crash-point test hook, `ovsagent.crashpoints`)."""
         self.ovsdb = ovsdb
         self.host_netns = host_netns
         self.timeout = timeout
+        self.on_stage = on_stage
 
     def attach(self, spec: AttachSpec) -> AttachResult:
         """Plumb one pod; see Attachment.attach."""
@@ -174,6 +184,7 @@ class _Base:
             self.ovsdb.del_ports([t.port_name for t in targets], timeout=self.timeout)
         except OvsdbError as exc:
             raise AttachError(f"cannot delete OVS ports {[t.port_name for t in targets]}: {exc}") from None
+        self.on_stage(Stage.DEL_PORT_REMOVED)
         errors = []
         for t in targets:
             try:
@@ -186,6 +197,7 @@ class _Base:
                 errors.append(f"{t.port_name}: {exc}")
         if errors:
             raise AttachError("cannot remove pod interfaces: " + "; ".join(errors))
+        self.on_stage(Stage.DEL_INTERFACE_REMOVED)
         log.debug("detached %s", [t.port_name for t in targets])
 
     def check(self, spec: AttachSpec) -> list[str]:
@@ -268,9 +280,11 @@ class VethAttachment(_Base):
                     spec.port_name, spec.pod.netns, spec.interface_config(), host_netns=self.host_netns
                 )
                 done.append(spec)
+            self.on_stage(Stage.ADD_INTERFACE_CONFIGURED)
             ofports = self.ovsdb.add_pod_ports(
                 specs[0].bridge, [self._port_spec(s) for s in specs], timeout=self.timeout
             )
+            self.on_stage(Stage.ADD_PORT_CREATED)
         except (netns.NetlinkError, OvsdbError) as exc:
             failed = specs[len(done)] if len(done) < len(specs) else None
             who = f"pod {failed.pod.namespace}/{failed.pod.name}" if failed else "OVS ports"
@@ -294,11 +308,13 @@ class InternalAttachment(_Base):
             ofports = self.ovsdb.add_pod_ports(
                 specs[0].bridge, [self._port_spec(s) for s in specs], timeout=self.timeout
             )
+            self.on_stage(Stage.ADD_PORT_CREATED)
             for spec in specs:
                 current = spec
                 netns.move_into_pod(
                     spec.port_name, spec.pod.netns, spec.interface_config(), host_netns=self.host_netns
                 )
+            self.on_stage(Stage.ADD_INTERFACE_CONFIGURED)
         except (netns.NetlinkError, OvsdbError) as exc:
             who = f"pod {current.pod.namespace}/{current.pod.name}" if current else "OVS ports"
             self._undo(specs)
@@ -307,7 +323,12 @@ class InternalAttachment(_Base):
 
 
 def attachment_for(
-    kind: AttachmentKind | str, ovsdb: PortStore, *, host_netns: str | None = None, timeout: float = 10.0
+    kind: AttachmentKind | str,
+    ovsdb: PortStore,
+    *,
+    host_netns: str | None = None,
+    timeout: float = 10.0,
+    on_stage: CrashHook = no_crash,
 ) -> Attachment:
     """Return the Attachment of `kind`; raises ValueError for an unknown kind."""
     classes: dict[AttachmentKind, type[_Base]] = {
@@ -318,7 +339,7 @@ def attachment_for(
         cls = classes[AttachmentKind(kind)]
     except ValueError:
         raise ValueError(f"unknown attachment kind {kind!r}: use veth or internal") from None
-    return cls(ovsdb, host_netns=host_netns, timeout=timeout)
+    return cls(ovsdb, host_netns=host_netns, timeout=timeout, on_stage=on_stage)
 
 
 def _check_port(spec: AttachSpec, record: PortRecord, kind: AttachmentKind) -> list[str]:

@@ -756,6 +756,15 @@ class AgentConfig:
             check=_check_flow_wait,
         ),
     )
+    resync_seconds: float = field(
+        default=60.0,
+        metadata=meta(
+            "Period of the resync while running (the restart reconciliation again: stale ports, orphan "
+            "veths and addresses of nothing removed, broken `internal` pods re-attached); 0 disables it, "
+            "at most 86400.",
+            check=_check_range(0, 86400, " seconds"),
+        ),
+    )
     metrics_address: str = field(
         default="0.0.0.0:9101",
         metadata=meta(

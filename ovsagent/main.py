@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from types import FrameType
 
 from ovsagent.agent import Agent
 from ovsagent.config import ConfigError, load_agent_config
+from ovsagent.crashpoints import CrashConfigError, crash_hook_from_env
 from ovsagent.kube import Kube, KubeError
 from ovsagent.node import NodeSetupError
 from ovsagent.ovsdb import Connection, OvsdbError
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         level=config.log_level.level,
         format=f"%(asctime)s {config.node_name} %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        crash_hook = crash_hook_from_env(os.environ)
+    except CrashConfigError as exc:
+        print(f"sluice-agent: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ovsdb.start()
         kube = Kube(config.kubeconfig)
-        agent = Agent(config, ovsdb, kube)
+        agent = Agent(config, ovsdb, kube, crash_hook=crash_hook)
         if config.metrics_address:
             try:
                 agent.metrics.serve(config.metrics_address)

@@ -48,6 +48,10 @@ def mac_for_ip(ip: ipaddress.IPv4Address | str) -> str:
     return MAC_PREFIX + "".join(f":{b:02x}" for b in packed)
 
 
+#: What every `port_name` looks like; used to recognise our own leftover host-side veth ends.
+PORT_NAME_RE = re.compile(rf"^[a-z0-9]{{1,{_PREFIX_LEN}}}-[0-9a-f]{{{_HASH_LEN}}}$")
+
+
 def port_name(namespace: str, name: str) -> str:
     """Return the OVS port (and host-side interface) name of pod `namespace/name`, <= 15 chars.
 

@@ -315,6 +315,22 @@ def link_exists(name: str, *, netns: str | None = None) -> bool:
         return False
 
 
+def list_links(*, netns: str | None = None) -> list[tuple[str, str]]:
+    """Return (name, kind) of every device in `netns` (kind "" for a device without link info,
+    e.g. `lo` or a physical NIC; "veth", "tun", "openvswitch", ... otherwise). Raises NetlinkError."""
+    with _iproute(netns) as ipr:
+        try:
+            messages = ipr.get_links()
+        except _PyrouteNetlinkError as exc:
+            raise _fail(f"cannot list the devices of {_where(netns)}", exc) from None
+    out = []
+    for msg in messages:
+        info = msg.get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        out.append((str(msg.get_attr("IFLA_IFNAME")), str(kind or "")))
+    return out
+
+
 def delete_link(name: str, *, netns: str | None = None) -> bool:
     """Delete device `name` in `netns` (a veth takes its peer along); return True if it existed.
 

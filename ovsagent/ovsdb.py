@@ -301,6 +301,10 @@ class Connection:
         """Return port `name` (with its interface of the same name), or None."""
         return self._call(lambda: self._port_record(name), None)
 
+    def interface_names(self) -> set[str]:
+        """Return the name of every Interface in OVSDB, on any bridge."""
+        return self._call(lambda: {str(iface.name) for iface in self._rows("Interface")}, None)
+
     def ports_by_external_ids(self, prefix: str = "sluice.io/") -> list[PortRecord]:
         """Return every port whose interface has an external_ids key starting with `prefix`.
 

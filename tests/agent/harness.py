@@ -20,8 +20,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,8 @@ from lab import netns as lab_netns
 from lab.apiserver import ApiServer
 from lab.ovs import OvsNode
 from tests.cni.conftest import PluginRun, plugin_path, run_plugin
+from tests.conftest import NETNS_PREFIX, OVS_PREFIX, _teardown
+from tests.support import require_root_and_ovs
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -49,9 +52,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class InNetns:
-    """One worker thread that entered a network namespace; `run(fn, ...)` calls `fn` on it."""
+    """Worker threads (one unless asked) that entered a network namespace; `run(fn, ...)` calls
+    `fn` on one of them, and so does `submit`, without waiting. Processes they start live there too."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, workers: int = 1) -> None:
         def enter() -> None:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -60,11 +64,15 @@ class InNetns:
             finally:
                 os.close(fd)
 
-        self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter)
+        self._pool = ThreadPoolExecutor(max_workers=workers, initializer=enter)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Return fn(*args, **kwargs) run inside the namespace."""
         return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+        """Start fn(*args, **kwargs) inside the namespace; return its future."""
+        return self._pool.submit(fn, *args, **kwargs)
 
     def close(self) -> None:
         """Stop the worker thread."""
@@ -145,8 +153,12 @@ class AgentBed:
         path.write_text(yaml.safe_dump(config))
         return path
 
-    def start_agent(self, *, wait_ready: bool = True, **overrides: Any) -> AgentProcess:
-        """Start `sluice-agent --config` inside the node's namespace; wait for STATUS 0 if asked."""
+    def start_agent(
+        self, *, wait_ready: bool = True, env: dict[str, str] | None = None, **overrides: Any
+    ) -> AgentProcess:
+        """Start `sluice-agent --config` inside the node's namespace; wait for STATUS 0 if asked.
+
+        `env` adds environment variables (e.g. the crash-point hook `SLUICE_TEST_CRASH_AT`)."""
         config_path = self.write_config(**overrides)
         log_path = self.tmp / "agent.log"
         agent_bin = Path(sys.executable).parent / "sluice-agent"
@@ -155,7 +167,14 @@ class AgentBed:
                 ["ip", "netns", "exec", self.node.netns, str(agent_bin), "--config", str(config_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("SLUICE_AGENT_")},
+                env={
+                    **{
+                        k: v
+                        for k, v in os.environ.items()
+                        if not k.startswith("SLUICE_AGENT_") and k != "SLUICE_TEST_CRASH_AT"
+                    },
+                    **(env or {}),
+                },
             )
         self.agent = AgentProcess(proc, config_path, log_path, self.socket_path)
         deadline = time.monotonic() + 20
@@ -362,6 +381,36 @@ def agent_bed(
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def standalone_factories() -> Iterator[tuple[partial[OvsNode], partial[lab_netns.Netns]]]:
+    """The conftest factories' behaviour outside a test's scope (a module-wide node, a bench):
+    yields (make_node, make_netns); everything made is removed at exit."""
+    require_root_and_ovs()
+    nodes: list[OvsNode] = []
+    spaces: list[str] = []
+
+    def make_node(name: str | None = None, bridge: str | None = "br-int") -> OvsNode:
+        node = OvsNode.create(OVS_PREFIX, name=name)
+        nodes.append(node)
+        node.start()
+        if bridge is not None:
+            node.add_bridge(bridge)
+        return node
+
+    def make_netns(prefix: str = NETNS_PREFIX) -> lab_netns.Netns:
+        ns = lab_netns.create_netns(lab_netns.unique_name(prefix))
+        spaces.append(ns.name)
+        return ns
+
+    try:
+        yield partial(make_node), partial(make_netns)
+    finally:
+        _teardown(
+            [partial(lab_netns.delete_netns, n) for n in reversed(spaces)]
+            + [n.close for n in reversed(nodes)]
+        )
 
 
 class ControllerStandIn:

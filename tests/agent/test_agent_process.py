@@ -243,6 +243,10 @@ def test_static_ip_requests(veth_bed: AgentBed) -> None:
 def test_status_0_then_51_when_the_bridge_is_gone_then_50_without_ovs(veth_bed: AgentBed) -> None:
     bed = veth_bed
     bed.cni("STATUS").ok()
+    # the Geneve port deleted under the agent: pods on other nodes are cut off
+    bed.node.vsctl("del-port", BRIDGE, "sluice-tun0")
+    err = bed.cni("STATUS").error()
+    assert err["code"] == 51 and "sluice-tun0" in err["msg"], err
     bed.node.vsctl("del-br", BRIDGE)
     err = bed.cni("STATUS").error()
     assert err["code"] == 51 and BRIDGE in err["msg"], err
@@ -502,3 +506,79 @@ def test_add_into_a_missing_netns_fails_with_8_and_keeps_nothing(bed: AgentBed) 
     assert _ip_records(bed) == []
     assert bed.ofport(port_name("default", "web-1")) is None
     assert NETWORK_STATUS not in bed.annotations("web-1")
+
+
+def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with agent_bed(ovs_node_factory, netns) as bed:
+        bed.start_agent(resync_seconds=0.3)
+        live_ns = os.path.basename(bed.create_pod("web-1"))
+        bed.create_pod("web-2")
+        for name in ("web-1", "web-2"):
+            run, _ = bed.add_ready(name)
+            run.ok()
+        live_port = port_name("default", "web-1")
+        before = (bed.ofport(live_port), _ifindex(bed.node.netns, live_port), _ifindex(live_ns, "eth0"))
+        web1_ip = json.loads(bed.annotations("web-1")[NETWORK_STATUS])[0]["ips"][0]
+        # while the agent runs: web-2's Pod is deleted and no DEL ever comes, another process
+        # leaves an address of nothing in the store, and a veth named like a pod port is left
+        bed.in_node.run(bed.core.delete_namespaced_pod, "web-2", "default")
+        with Ipam(bed.ipam_dir, "100.64.1.0/24") as ipam:
+            orphan = ipam.allocate(Owner("crashed-sandbox", "eth0", "default", "gone"))
+        lab_netns.Netns(bed.node.netns).ip("link", "add", "orphan-0123abcd", "type", "veth")
+        stale_port = port_name("default", "web-2")
+        deadline = time.monotonic() + 15
+        while (
+            bed.ofport(stale_port) is not None
+            or str(orphan.ip) in _ip_records(bed)
+            or lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
+        ):
+            assert time.monotonic() < deadline, bed.agent.log() if bed.agent else ""
+            time.sleep(0.1)
+        assert not lab_netns.link_exists(bed.node.netns, stale_port)
+        assert _ip_records(bed) == [web1_ip]
+        after = (bed.ofport(live_port), _ifindex(bed.node.netns, live_port), _ifindex(live_ns, "eth0"))
+        assert after == before
+        assert ping(live_ns, GATEWAY, count=1).received >= 1
+        # ADDs keep working while resyncs run
+        bed.create_pod("web-3")
+        run, _ = bed.add_ready("web-3")
+        run.ok()
+        assert len(_ip_records(bed)) == 2
+
+
+def test_exhausted_range_is_a_clear_error_and_never_a_duplicate(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    # a /30: the gateway takes .1, one address (.2) is left for pods
+    with agent_bed(ovs_node_factory, netns, pod_cidr="100.64.1.0/30") as bed:
+        bed.start_agent()
+        bed.create_pod("web-1")
+        bed.create_pod("web-2")
+        run, _ = bed.add_ready("web-1")
+        assert run.ok()["ips"][0]["address"] == "100.64.1.2/30"
+        err = bed.cni("ADD", "web-2").error()
+        assert err["code"] == 101 and "100.64.1.0/30" in err["msg"], err
+        assert _ip_records(bed) == ["100.64.1.2"]
+        assert bed.ofport(port_name("default", "web-2")) is None
+        # once web-1 is gone its address serves web-2
+        bed.cni("DEL", "web-1").ok()
+        run, _ = bed.add_ready("web-2")
+        assert run.ok()["ips"][0]["address"] == "100.64.1.2/30"
+
+
+def test_gc_keeps_going_past_errors_and_reports_them_all(veth_bed: AgentBed) -> None:
+    bed = veth_bed
+    for name in ("web-1", "web-2"):
+        bed.create_pod(name)
+        run, _ = bed.add_ready(name)
+        run.ok()
+    # the API server goes away: clearing each pod's annotations fails, removing the rest does not
+    bed.in_node.run(bed.apiserver.stop)
+    err = bed.cni("GC", **{"cni.dev/valid-attachments": []}).error()
+    assert err["code"] == 105 and "2 error(s)" in err["msg"], err
+    assert err["details"].count("cannot remove the network status") == 2, err
+    for name in ("web-1", "web-2"):
+        assert bed.ofport(port_name("default", name)) is None
+    assert _ip_records(bed) == []

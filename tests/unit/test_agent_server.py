@@ -22,7 +22,7 @@ from cni.errors import CniError
 from cni.protocol import CniArgs, Command, Request, Response, call
 from controller import annotations as controller_annotations
 from ovsagent import kube
-from ovsagent.agent import KeyedLocks, _check_prev_result, _requested_ip
+from ovsagent.agent import KeyedLocks, OperationGate, _check_prev_result, _requested_ip
 from ovsagent.config import AgentConfig, load_config
 from ovsagent.node import NodeSetupError, NodeState, datapath_id_for, resolve_pod_cidr
 from ovsagent.server import CniServer, ServerError
@@ -87,6 +87,47 @@ def test_keyed_locks_serialize_one_key_and_not_others() -> None:
     t.join(5)
     second.join(5)
     assert order == ["b", "first a done", "second a"]
+
+
+def test_operation_gate_resync_waits_for_operations_and_holds_new_ones_back() -> None:
+    gate = OperationGate()
+    order: list[str] = []
+    in_op = threading.Event()
+    finish_op = threading.Event()
+
+    def operation() -> None:
+        with gate.shared():
+            in_op.set()
+            finish_op.wait(5)
+            order.append("op done")
+
+    def resync() -> None:
+        with gate.exclusive():
+            order.append("resync")
+
+    def late_operation() -> None:
+        with gate.shared():
+            order.append("late op")
+
+    first = threading.Thread(target=operation)
+    first.start()
+    assert in_op.wait(5)
+    with gate.shared():  # operations run together
+        order.append("second op")
+    waiting = threading.Thread(target=resync)
+    waiting.start()
+    deadline = time.monotonic() + 5
+    while not gate._waiting:  # the resync is queued behind the running operation
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    late = threading.Thread(target=late_operation)
+    late.start()
+    time.sleep(0.1)
+    assert order == ["second op"]  # neither the resync nor the late operation got in
+    finish_op.set()
+    for t in (first, waiting, late):
+        t.join(5)
+    assert order == ["second op", "op done", "resync", "late op"]
 
 
 def test_keyed_locks_forget_unused_keys() -> None:
@@ -265,3 +306,16 @@ def test_agent_process_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> No
     assert proc.returncode == 2
     assert "flow_wait" in proc.stderr and "unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_crash_hook_is_a_no_op_unless_asked_and_refuses_unknown_stages() -> None:
+    from ovsagent.crashpoints import CRASH_ENV, CrashConfigError, Stage, crash_hook_from_env, no_crash
+
+    assert crash_hook_from_env({}) is no_crash
+    assert crash_hook_from_env({CRASH_ENV: ""}) is no_crash
+    armed = crash_hook_from_env({CRASH_ENV: "del:ip-released"})
+    armed(Stage.ADD_IP_RESERVED)  # another stage: this process lives on
+    with pytest.raises(CrashConfigError, match="add:ip-reserved"):
+        crash_hook_from_env({CRASH_ENV: "add:nowhere"})
+    # every stage name is "<command>:<step>", and the ones of each command are in order
+    assert [s.value.split(":")[0] for s in Stage] == ["add"] * 5 + ["del"] * 4

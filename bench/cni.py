@@ -1,0 +1,370 @@
+"""Benchmark: CNI ADD and DEL latency of Sluice against the reference `bridge` + `host-local` plugins.
+
+Run (root, OVS and containernetworking-plugins installed): `.venv/bin/python -m bench.cni`
+(`--sequential 50 --concurrent 20 --startup-runs 40` are the defaults).
+
+One run, one machine, both sides measured the same way (exec of the plugin binary to its exit,
+CNI_* environment and config on stdin, a fresh network namespace per pod created beforehand):
+
+* Sluice: the real `sluice-cni` talking to the real `sluice-agent` (veth pods, userspace OVS in
+  a node namespace, the lab API server). ADD is measured until it answers, i.e. until the pod's
+  flows are on br-int: a controller stand-in watches the Pods (a real watch on the API server)
+  and, as soon as a pod's network status is published, installs the flows `flows/` compiles for
+  it with `ovs-ofctl`, as the tests do. That stand-in's reaction is part of the number.
+* Reference: `/usr/lib/cni/bridge` with `host-local` IPAM (`isGateway`, its own podCIDR), run in
+  a namespace of its own.
+
+For each: 50 sequential ADDs then their 50 DELs, then 20 concurrent ADDs then 20 concurrent DELs;
+p50 and p99 (nearest rank) in milliseconds, and the ratio Sluice/reference. Then the plugin's
+start-up: exec to exit of `sluice-cni` for VERSION against `python -c pass` with the same
+interpreter (the plugin's floor), medians of interleaved runs. Targets (docs/cni.md): ADD p50 <=
+2.0x, concurrent ADD p99 <= 3.0x, VERSION <= 1.3x. Not a test: the numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import watch
+
+from lab import netns as lab_netns
+from ovsagent.naming import port_name
+from tests.agent.harness import AgentBed, InNetns, agent_bed, standalone_factories
+from tests.cni.conftest import plugin_path
+
+REFERENCE_DIR = Path("/usr/lib/cni")
+REFERENCE_SUBNET = "100.64.200.0/24"
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+
+
+def timed_exec(plugin: Path, env: dict[str, str], config: dict[str, Any]) -> tuple[float, str]:
+    """Exec `plugin` as a runtime does; return (seconds from exec to exit, stdout). Raises on failure."""
+    data = json.dumps(config).encode()
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
+    started = time.monotonic()
+    proc = subprocess.run([str(plugin)], input=data, env=full_env, capture_output=True, check=False)
+    elapsed = time.monotonic() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{plugin.name} {env['CNI_COMMAND']} {env['CNI_CONTAINERID']}: {proc.stdout!r}")
+    return elapsed, proc.stdout.decode()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of `values`."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+class WatchingStandIn:
+    """The controller's part, event-driven: a watch on the Pods; when a pod's network status appears,
+    its flows (compiled by `flows/`) are installed with `ovs-ofctl`, on a small worker pool."""
+
+    def __init__(self, bed: AgentBed) -> None:
+        self.bed = bed
+        self._ns = InNetns(f"/run/netns/{bed.node.netns}")
+        self._pending: queue.Queue[tuple[str, ipaddress.IPv4Address] | None] = queue.Queue()
+        self._installer = threading.Thread(target=self._install_loop, daemon=True)
+        self._watch = watch.Watch()
+        self._done: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: self._ns.run(self._loop), daemon=True)
+        self.errors: list[BaseException] = []
+        self.seen_at: dict[str, float] = {}  # when a pod's network status was first seen
+        self.installed_at: dict[str, float] = {}  # when its flows were on br-int
+
+    def __enter__(self) -> WatchingStandIn:
+        self._thread.start()
+        self._installer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._watch.stop()
+        self._thread.join(10)
+        self._pending.put(None)
+        self._installer.join(10)
+        self._ns.close()
+
+    def _loop(self) -> None:
+        # list, then watch from the list's resourceVersion on, resuming where the last event left
+        # off: no change between two watch calls is missed
+        version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = self.bed.core.list_namespaced_pod("default")
+                    version = listed.metadata.resource_version
+                    for pod in listed.items:
+                        self._seen(pod)
+                for event in self._watch.stream(
+                    self.bed.core.list_namespaced_pod, "default", resource_version=version, timeout_seconds=1
+                ):
+                    if event["type"] == "ERROR":
+                        version = None
+                        break
+                    self._seen(event["object"])
+                    version = event["object"].metadata.resource_version
+            except Exception as exc:  # keep watching; report at the end
+                version = None
+                if not self._stop.is_set():
+                    self.errors.append(exc)
+
+    def _seen(self, pod: Any) -> None:
+        status = (pod.metadata.annotations or {}).get(NETWORK_STATUS)
+        name = pod.metadata.name
+        with self._lock:
+            if not status:
+                self._done.discard(name)
+                return
+            if name in self._done:
+                return
+            self._done.add(name)
+        ip = ipaddress.IPv4Address(json.loads(status)[0]["ips"][0])
+        self.seen_at.setdefault(name, time.monotonic())
+        self._pending.put((name, ip))
+
+    def _install_loop(self) -> None:
+        # One push at a time, of every pod that became ready meanwhile, as the controller does
+        # (a dirty node is recompiled and pushed in one bundle); `lab.ovs.OvsNode.add_flows` is
+        # not safe for concurrent callers on one bridge anyway (one fixed file per bridge).
+        while True:
+            item = self._pending.get()
+            batch = [item]
+            while not self._pending.empty():
+                batch.append(self._pending.get())
+            ready = [b for b in batch if b is not None]
+            if ready:
+                try:
+                    self._install_flows(ready)
+                except Exception as exc:
+                    self.errors.append(exc)
+            if None in batch:
+                return
+
+    def _install_flows(self, pods: list[tuple[str, ipaddress.IPv4Address]]) -> None:
+        ports: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
+        for name, ip in pods:
+            port = port_name("default", name)
+            deadline = time.monotonic() + 10
+            while (ofport := self.bed.ofport(port)) is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if ofport is None:
+                raise RuntimeError(f"{port} never got an ofport")
+            ports[name] = (port, ip, ofport)
+        self.bed.install_flows(ports)
+        now = time.monotonic()
+        for name in ports:
+            self.installed_at[name] = now
+
+
+def _sluice_args(pod: str) -> str:
+    return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod}"
+
+
+def measure_sluice(bed: AgentBed, sequential: int, concurrent: int) -> dict[str, list[float]]:
+    """ADD (until ready) and DEL latencies in seconds of Sluice pods, sequential then concurrent."""
+    out: dict[str, list[float]] = {}
+
+    plugin = plugin_path()
+    config = {
+        "cniVersion": "1.0.0",
+        "name": "sluice",
+        "type": "sluice-cni",
+        "agentSocket": str(bed.socket_path),
+        "timeoutSeconds": 60,
+    }
+
+    def call(command: str, pod: str) -> float:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"c-{pod}",
+            "CNI_NETNS": bed.pods[pod],
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": "/opt/cni/bin",
+            "CNI_ARGS": _sluice_args(pod),
+        }
+        return timed_exec(plugin, env, config)[0]
+
+    seq = [f"seq-{i}" for i in range(sequential)]
+    par = [f"par-{i}" for i in range(concurrent)]
+    for pod in seq + par:
+        bed.create_pod(pod)
+    with WatchingStandIn(bed) as stand_in:
+        bed.create_pod("warm-up")
+        call("ADD", "warm-up")
+        call("DEL", "warm-up")
+        started: dict[str, float] = {}
+        add_seq = []
+        for p in seq:
+            started[p] = time.monotonic()
+            add_seq.append(call("ADD", p))
+            done = started[p] + add_seq[-1]
+            out.setdefault("phase_plumb", []).append(stand_in.seen_at[p] - started[p])
+            out.setdefault("phase_stand_in", []).append(stand_in.installed_at[p] - stand_in.seen_at[p])
+            out.setdefault("phase_ready", []).append(done - stand_in.installed_at[p])
+        out["add_seq"] = add_seq
+        out["del_seq"] = [call("DEL", p) for p in seq]
+        try:
+            with ThreadPoolExecutor(max_workers=concurrent) as pool:
+                out["add_par"] = list(pool.map(lambda p: call("ADD", p), par))
+                out["del_par"] = list(pool.map(lambda p: call("DEL", p), par))
+        finally:
+            for exc in stand_in.errors:
+                print(f"controller stand-in: {exc!r}", file=sys.stderr)
+        if stand_in.errors:
+            raise RuntimeError(f"controller stand-in failed: {stand_in.errors[0]}")
+    return out
+
+
+def measure_reference(
+    make_netns: Callable[..., lab_netns.Netns], tmp: Path, sequential: int, concurrent: int
+) -> dict[str, list[float]]:
+    """ADD and DEL latencies in seconds of `bridge` + `host-local` pods, sequential then concurrent."""
+    host = make_netns()
+    in_host = InNetns(f"/run/netns/{host.name}", workers=concurrent)
+    config = {
+        "cniVersion": "1.0.0",
+        "name": "reference",
+        "type": "bridge",
+        "bridge": "cni-ref0",
+        "isGateway": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": REFERENCE_SUBNET}]], "dataDir": str(tmp)},
+    }
+    pods = {f"ref-{i}": str(make_netns().path) for i in range(sequential + concurrent + 1)}
+
+    def call(command: str, pod: str) -> float:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"c-{pod}",
+            "CNI_NETNS": pods[pod],
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(REFERENCE_DIR),
+        }
+        return timed_exec(REFERENCE_DIR / "bridge", env, config)[0]
+
+    names = list(pods)
+    seq, par = names[1 : sequential + 1], names[sequential + 1 :]
+    out: dict[str, list[float]] = {}
+    try:
+        in_host.run(call, "ADD", names[0])
+        in_host.run(call, "DEL", names[0])
+        out["add_seq"] = [in_host.run(call, "ADD", p) for p in seq]
+        out["del_seq"] = [in_host.run(call, "DEL", p) for p in seq]
+        out["add_par"] = [f.result() for f in [in_host.submit(call, "ADD", p) for p in par]]
+        out["del_par"] = [f.result() for f in [in_host.submit(call, "DEL", p) for p in par]]
+    finally:
+        in_host.close()
+    return out
+
+
+def measure_startup(runs: int) -> tuple[list[float], list[float]]:
+    """Exec-to-exit seconds of `sluice-cni` VERSION and of `python -c pass`, interleaved."""
+    plugin = str(plugin_path())
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "VERSION"}
+    version: list[float] = []
+    bare: list[float] = []
+    for _ in range(runs):
+        for cmd, into in (([plugin], version), ([sys.executable, "-c", "pass"], bare)):
+            started = time.monotonic()
+            subprocess.run(cmd, env=env, input=b"", capture_output=True, check=True)
+            into.append(time.monotonic() - started)
+    return version, bare
+
+
+ROWS = (
+    ("ADD sequential", "add_seq"),
+    ("DEL sequential", "del_seq"),
+    ("ADD concurrent", "add_par"),
+    ("DEL concurrent", "del_par"),
+)
+
+
+def report(
+    sluice: dict[str, list[float]], ref: dict[str, list[float]], startup: tuple[list[float], list[float]]
+) -> str:
+    """Return the printed table."""
+    lines = [
+        f"{'latency (ms)':<22}{'sluice p50':>11}{'ref p50':>9}{'ratio':>7}"
+        f"{'sluice p99':>12}{'ref p99':>9}{'ratio':>7}"
+    ]
+    for label, key in ROWS:
+        s50, r50 = percentile(sluice[key], 50) * 1000, percentile(ref[key], 50) * 1000
+        s99, r99 = percentile(sluice[key], 99) * 1000, percentile(ref[key], 99) * 1000
+        lines.append(
+            f"{label + f' ({len(sluice[key])})':<22}{s50:>11.1f}{r50:>9.1f}{s50 / r50:>7.2f}"
+            f"{s99:>12.1f}{r99:>9.1f}{s99 / r99:>7.2f}"
+        )
+    if "phase_plumb" in sluice:
+        lines.append(
+            "sluice sequential ADD p50 by phase (ms): exec to network status published {:.1f}, "
+            "stand-in controller until flows installed {:.1f}, flows installed to ADD answered {:.1f}".format(
+                *(percentile(sluice[k], 50) * 1000 for k in ("phase_plumb", "phase_stand_in", "phase_ready"))
+            )
+        )
+    version, bare = startup
+    v50, b50 = percentile(version, 50) * 1000, percentile(bare, 50) * 1000
+    lines.append(
+        f"start-up ({len(version)} runs): sluice-cni VERSION p50 {v50:.1f} ms, "
+        f"python -c pass p50 {b50:.1f} ms, ratio {v50 / b50:.2f}"
+    )
+    add50 = percentile(sluice["add_seq"], 50) / percentile(ref["add_seq"], 50)
+    par99 = percentile(sluice["add_par"], 99) / percentile(ref["add_par"], 99)
+    lines.append(
+        "targets: ADD p50 <= 2.0x: {} ({:.2f}); concurrent ADD p99 <= 3.0x: {} ({:.2f}); "
+        "VERSION <= 1.3x: {} ({:.2f})".format(
+            "met" if add50 <= 2.0 else "MISSED",
+            add50,
+            "met" if par99 <= 3.0 else "MISSED",
+            par99,
+            "met" if v50 / b50 <= 1.3 else "MISSED",
+            v50 / b50,
+        )
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its table; return 0, or 1 when it cannot run here."""
+    parser = argparse.ArgumentParser(prog="bench.cni", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--sequential", type=int, default=50)
+    parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--startup-runs", type=int, default=40)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0 or shutil.which("ovs-vswitchd") is None or not (REFERENCE_DIR / "bridge").exists():
+        print(
+            "bench.cni needs root, Open vSwitch and containernetworking-plugins (/usr/lib/cni): `make deps`",
+            file=sys.stderr,
+        )
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-cni-"))
+    try:
+        with standalone_factories() as (make_node, make_netns):
+            ref = measure_reference(make_netns, tmp, args.sequential, args.concurrent)
+            with agent_bed(make_node, make_netns, "veth") as bed:
+                bed.start_agent(flow_wait_seconds=30.0, resync_seconds=0, log_level="info")
+                sluice = measure_sluice(bed, args.sequential, args.concurrent)
+        startup = measure_startup(args.startup_runs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(report(sluice, ref, startup))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
