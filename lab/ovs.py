@@ -364,11 +364,16 @@ class OvsNode:
         """Install `ovs-ofctl add-flows` text (flows, or add/delete_strict lines) on `bridge`.
 
         With `bundle` the whole file is applied atomically, as the controller's pushes are.
-        The file goes through the node's run dir, never one process per flow.
+        The file goes through the node's run dir, never one process per flow; each call has its
+        own file, so concurrent callers cannot overwrite each other's flows.
         """
-        path = self.rundir / f"{bridge}.add-flows.txt"
-        path.write_text(text)
-        self.ofctl(*(["--bundle"] if bundle else []), "add-flows", bridge, str(path))
+        fd, name = tempfile.mkstemp(prefix=f"{bridge}.add-flows.", suffix=".txt", dir=self.rundir)
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(text)
+            self.ofctl(*(["--bundle"] if bundle else []), "add-flows", bridge, name)
+        finally:
+            os.unlink(name)
 
     def trace(self, bridge: str, packet: str) -> str:
         """Return `ovs-appctl ofproto/trace BRIDGE PACKET` output (across recirculations)."""
