@@ -196,8 +196,21 @@ class Informer:
         self.synced = threading.Event()
         self.resource_version: str | None = None
         self._listed_at = 0.0
+        self._started_at = time.monotonic()
+        self._fresh_at: float | None = None  # monotonic time the informer last knew it was current
         self._response: Any = None
+        if metrics is not None:
+            metrics.informer_staleness.labels(resource.value).set_function(self.staleness)
         self._thread = threading.Thread(target=self._run, name=f"informer-{resource.value}", daemon=True)
+
+    def staleness(self) -> float:
+        """Return seconds since the informer last knew it was up to date with the API server.
+
+        Up to date: a list, any watch event or bookmark, or a watch the server ended normally
+        (its timeout ran out with nothing to tell). Before the first list: seconds since creation.
+        """
+        fresh = self._fresh_at
+        return time.monotonic() - (fresh if fresh is not None else self._started_at)
 
     def start(self) -> None:
         """Start listing and watching."""
@@ -251,7 +264,7 @@ class Informer:
         objs = [obj for obj in items if isinstance(obj, Mapping)]
         self._sink.replace(objs)
         self.resource_version = _resource_version(body) or ""
-        self._listed_at = time.monotonic()
+        self._listed_at = self._fresh_at = time.monotonic()
         if self._metrics is not None:
             self._metrics.informer_relists.labels(self.resource.value).inc()
             self._metrics.informer_fresh.labels(self.resource.value).set_to_current_time()
@@ -285,6 +298,8 @@ class Informer:
                 if self._stopped.is_set():
                     return
                 self.handle_event(event)
+            # The server ended the watch normally: nothing happened that we did not see.
+            self._fresh_at = time.monotonic()
         finally:
             self._response = None
             # Never reuse a watch's connection: a server may close it once the stream ends
@@ -294,6 +309,7 @@ class Informer:
 
     def handle_event(self, event: Mapping[str, Any]) -> None:
         """Apply one watch event (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR). Raises Gone."""
+        arrived = time.monotonic()
         kind, obj = event.get("type"), event.get("object")
         if self._metrics is not None:
             self._metrics.informer_events.labels(self.resource.value, str(kind)).inc()
@@ -317,6 +333,9 @@ class Informer:
         rv = _resource_version(obj)
         if rv is not None:
             self.resource_version = rv
+        self._fresh_at = time.monotonic()
+        if self._metrics is not None and kind != "BOOKMARK":
+            self._metrics.informer_event_seconds.labels(self.resource.value).observe(self._fresh_at - arrived)
 
 
 def _events(lines: Iterable[str]) -> Iterator[Mapping[str, Any]]:

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Push latency buckets: a small plan commits in milliseconds, 50k flows in seconds.
 PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Handling one watch event: parse, update the model, mark nodes (microseconds to milliseconds).
+EVENT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
 class ControllerMetrics:
@@ -82,6 +84,31 @@ class ControllerMetrics:
             "When the informer last heard from the API server (list, event or bookmark); "
             "time() minus this is the informer's lag.",
             ["resource"],
+            registry=r,
+        )
+        self.informer_staleness = Gauge(
+            "sluice_controller_informer_staleness_seconds",
+            "Seconds since the informer last knew it was up to date with the API server: a list, "
+            "any watch event or bookmark, or a watch the server ended normally. Grows without "
+            "bound while the API server is unreachable or the watch is stuck; since start before "
+            "the first list.",
+            ["resource"],
+            registry=r,
+        )
+        self.informer_event_seconds = Histogram(
+            "sluice_controller_informer_event_seconds",
+            "Time from a watch event's arrival to the model updated and its nodes marked dirty.",
+            ["resource"],
+            buckets=EVENT_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_lag_seconds = Histogram(
+            "sluice_controller_reconcile_lag_seconds",
+            "Time from a node's switch being asked to reconcile (a change marked its node dirty, "
+            "a port changed, a resync or role change) to the switch being in line (commit reply, "
+            "or nothing to send). A failed reconcile keeps the clock running until one succeeds.",
+            ["node"],
+            buckets=PUSH_BUCKETS,
             registry=r,
         )
         self.informer_relists = Counter(

@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller import annotations as ann
-from flows.cluster import Cluster, NodeSpec, PodSpec
+from flows.cluster import Cluster, ClusterError, NodeSpec, PodSpec
+from flows.compiler import CompileCache, compile_node
+from flows.flowset import FlowSet
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +350,53 @@ def _pod_rank(pod: PodInfo) -> tuple[bool, str, str]:
     return (pod.terminating, pod.created, pod.key)
 
 
+def _resolve_pods(
+    node: NodeInfo,
+    pods: Iterable[PodInfo],
+    ports: Mapping[str, int],
+    problems: ProblemLog,
+    losers: set[tuple[Kind, str]],
+) -> tuple[PodSpec, ...]:
+    """Return the PodSpecs of `node`'s usable pods, in key order; report and collect the losers.
+
+    Conflicts are per node: a pod's IP must lie in its node's podCIDR and accepted podCIDRs do
+    not overlap, so two pods can only clash on an IP or a port name if they share a node.
+    """
+
+    def lose(pod: PodInfo, reason: str) -> None:
+        problems.report(Kind.POD, pod.key, CONFLICT, reason)
+        losers.add((Kind.POD, pod.key))
+
+    spec = node.spec
+    by_ip: dict[ipaddress.IPv4Address, PodInfo] = {}
+    by_port: dict[str, PodInfo] = {}
+    for pod in sorted(pods, key=_pod_rank):
+        if pod.ip not in spec.pod_cidr or pod.ip in (
+            spec.pod_cidr.network_address,
+            spec.pod_cidr.broadcast_address,
+            spec.gateway_ip,
+        ):
+            lose(pod, f"IP {pod.ip} is not a pod address of node {spec.name}'s podCIDR {spec.pod_cidr}")
+        elif pod.ip in by_ip:
+            lose(pod, f"IP {pod.ip} belongs to pod {by_ip[pod.ip].key}")
+        elif pod.port_name in by_port:
+            lose(pod, f"port {pod.port_name} on {pod.node} belongs to pod {by_port[pod.port_name].key}")
+        else:
+            by_ip[pod.ip] = pod
+            by_port[pod.port_name] = pod
+    pod_specs = []
+    for pod in sorted(by_ip.values(), key=lambda p: p.key):
+        ofport = ports.get(pod.port_name)
+        if ofport is not None and ofport in (spec.gateway_ofport, spec.tunnel_ofport):
+            # The switch and the Node's annotations disagree; flows for both would collide.
+            lose(pod, f"its port {pod.port_name} has ofport {ofport}, the gateway's or tunnel's")
+            ofport = None
+        elif ofport is not None and not 1 <= ofport <= MAX_OFPORT:
+            ofport = None
+        pod_specs.append(PodSpec(pod.namespace, pod.name, pod.node, pod.ip, ofport))
+    return tuple(pod_specs)
+
+
 def build_cluster(
     nodes: Iterable[NodeInfo],
     pods: Iterable[PodInfo],
@@ -359,51 +408,24 @@ def build_cluster(
     `ports` maps node name -> {port name -> ofport}, as learned from each switch; a pod whose
     port is not known there yet gets ofport None (the compiler then gives it no local flows).
     Never raises ClusterError for conflicting objects: the losers are reported and left out.
+    Nodes are in name order; pods grouped by node in that order, each node's in key order
+    (the order `Cluster.with_node_pods` keeps).
     """
     losers: set[tuple[Kind, str]] = set()
-
-    def lose(pod: PodInfo, reason: str) -> None:
-        problems.report(Kind.POD, pod.key, CONFLICT, reason)
-        losers.add((Kind.POD, pod.key))
-
     accepted = _accept_nodes(nodes, problems, losers)
-    by_ip: dict[ipaddress.IPv4Address, PodInfo] = {}
-    by_port: dict[tuple[str, str], PodInfo] = {}
-    for pod in sorted(pods, key=_pod_rank):
-        node = accepted.get(pod.node)
-        if node is None:
-            continue  # its node is unknown or unusable (reported on its own)
-        spec = node.spec
-        if pod.ip not in spec.pod_cidr or pod.ip in (
-            spec.pod_cidr.network_address,
-            spec.pod_cidr.broadcast_address,
-            spec.gateway_ip,
-        ):
-            lose(pod, f"IP {pod.ip} is not a pod address of node {spec.name}'s podCIDR {spec.pod_cidr}")
-        elif pod.ip in by_ip:
-            lose(pod, f"IP {pod.ip} belongs to pod {by_ip[pod.ip].key}")
-        elif (pod.node, pod.port_name) in by_port:
-            holder = by_port[(pod.node, pod.port_name)]
-            lose(pod, f"port {pod.port_name} on {pod.node} belongs to pod {holder.key}")
-        else:
-            by_ip[pod.ip] = pod
-            by_port[(pod.node, pod.port_name)] = pod
-    pod_specs = []
-    for pod in sorted(by_ip.values(), key=lambda p: p.key):
-        spec = accepted[pod.node].spec
-        ofport = ports.get(pod.node, {}).get(pod.port_name)
-        if ofport is not None and ofport in (spec.gateway_ofport, spec.tunnel_ofport):
-            # The switch and the Node's annotations disagree; flows for both would collide.
-            lose(pod, f"its port {pod.port_name} has ofport {ofport}, the gateway's or tunnel's")
-            ofport = None
-        elif ofport is not None and not 1 <= ofport <= MAX_OFPORT:
-            ofport = None
-        pod_specs.append(PodSpec(pod.namespace, pod.name, pod.node, pod.ip, ofport))
+    by_node: dict[str, list[PodInfo]] = {}
+    for pod in pods:
+        by_node.setdefault(pod.node, []).append(pod)
+    names = sorted(accepted)
+    pod_specs: list[PodSpec] = []
+    for name in names:
+        pod_specs.extend(
+            _resolve_pods(accepted[name], by_node.get(name, ()), ports.get(name, {}), problems, losers)
+        )
     # A conflict not found again is over: forget it, so that it is logged if it comes back.
     for kind, key in problems.keys(CONFLICT) - losers:
         problems.clear(kind, key, CONFLICT)
-    node_specs = tuple(accepted[name].spec for name in sorted(accepted))
-    return Cluster(node_specs, tuple(pod_specs))
+    return Cluster(tuple(accepted[name].spec for name in names), tuple(pod_specs))
 
 
 # ---- the model -----------------------------------------------------------------------------
@@ -448,7 +470,15 @@ class ClusterModel:
         self._nodes: dict[str, NodeInfo] = {}
         self._pods: dict[str, PodInfo] = {}
         self._ports: dict[str, dict[str, int]] = {}
+        self._pods_by_node: dict[str, dict[str, PodInfo]] = {}
+        # The snapshot is rebuilt from scratch after a node change (node conflicts are global)
+        # and patched node by node after pod and port changes (pod conflicts are per node).
         self._snapshot: Cluster | None = None
+        self._accepted: dict[str, NodeInfo] = {}
+        self._stale: set[str] = set()  # nodes whose pods must be resolved again
+        self._pod_losers: dict[str, set[tuple[Kind, str]]] = {}
+        self._compiler = CompileCache()
+        self._compiled_nodes: set[str] = set()
 
     # -- feeding --
 
@@ -502,7 +532,7 @@ class ClusterModel:
             if self._ports.get(node) == new:
                 return set()
             self._ports[node] = new
-            self._snapshot = None
+            self._stale.add(node)
             return {node}
 
     def forget_ports(self, node: str) -> None:
@@ -529,13 +559,25 @@ class ClusterModel:
         return _node_affected(_as_node(old), _as_node(new), all_nodes)
 
     def snapshot(self) -> Cluster:
-        """Return the Cluster of the current objects (rebuilt only after a change)."""
+        """Return the Cluster of the current objects.
+
+        The same object until something changes. After a node change it is rebuilt from
+        scratch; after pod or port changes only the pods of the nodes they touched are resolved
+        again (`Cluster.with_node_pods`), so a pod event costs O(pods on its node) work plus
+        copying tuples, not a rebuild. Either way it equals `build_cluster` of the current objects.
+        """
         with self._lock:
-            if self._snapshot is None:
-                self._snapshot = build_cluster(
-                    self._nodes.values(), self._pods.values(), self._ports, self._problems
-                )
-            return self._snapshot
+            return self._current()
+
+    def compile(self, node: str) -> FlowSet:
+        """Return the FlowSet of `node` compiled from the current snapshot.
+
+        Uses a `CompileCache`: pieces whose inputs did not change are reused, so recompiling
+        after a pod event builds that pod's flows only. Raises KeyError when `node` is not a
+        usable node of the snapshot.
+        """
+        cluster = self.snapshot()
+        return compile_node(cluster, node, self._compiler)
 
     def node_names(self) -> set[str]:
         """Return the names of the usable nodes known now (conflicting ones included)."""
@@ -563,6 +605,52 @@ class ClusterModel:
             return self._problems.current()
 
     # -- internals --
+
+    def _current(self) -> Cluster:
+        if self._snapshot is not None and self._stale:
+            try:
+                self._snapshot = self._patched(self._snapshot)
+            except ClusterError as exc:
+                # A pod that moved between two stale nodes can look listed twice halfway;
+                # a rebuild is always consistent.
+                log.debug("patching the snapshot failed (%s): rebuilding it", exc)
+                self._snapshot = None
+        if self._snapshot is None:
+            losers: set[tuple[Kind, str]] = set()
+            self._accepted = _accept_nodes(self._nodes.values(), self._problems, losers)
+            names = sorted(self._accepted)
+            pod_specs: list[PodSpec] = []
+            self._pod_losers = {}
+            for name in names:
+                node_losers: set[tuple[Kind, str]] = set()
+                pod_specs.extend(self._resolve(name, node_losers))
+                self._pod_losers[name] = node_losers
+                losers |= node_losers
+            for kind, key in self._problems.keys(CONFLICT) - losers:
+                self._problems.clear(kind, key, CONFLICT)
+            specs = tuple(self._accepted[name].spec for name in names)
+            self._snapshot = Cluster(specs, tuple(pod_specs))
+        self._stale.clear()
+        for gone in self._compiled_nodes - set(self._accepted):
+            self._compiler.forget(gone)
+        self._compiled_nodes = set(self._accepted)
+        return self._snapshot
+
+    def _resolve(self, node: str, losers: set[tuple[Kind, str]]) -> tuple[PodSpec, ...]:
+        pods = self._pods_by_node.get(node, {}).values()
+        return _resolve_pods(self._accepted[node], pods, self._ports.get(node, {}), self._problems, losers)
+
+    def _patched(self, cluster: Cluster) -> Cluster:
+        for name in sorted(self._stale):
+            if name not in self._accepted:
+                continue  # pods of an unknown or unusable node have no flows
+            losers: set[tuple[Kind, str]] = set()
+            specs = self._resolve(name, losers)
+            for kind, key in self._pod_losers.get(name, set()) - losers:
+                self._problems.clear(kind, key, CONFLICT)
+            self._pod_losers[name] = losers
+            cluster = cluster.with_node_pods(name, specs)
+        return cluster
 
     def _parse(self, kind: Kind, key: str, obj: KubeObject) -> NodeInfo | PodInfo | None:
         try:
@@ -599,11 +687,16 @@ class ClusterModel:
         else:
             old_pod = self._pods.get(key)
             new_pod = _as_pod(info)
+            if old_pod is not None:
+                self._pods_by_node.get(old_pod.node, {}).pop(key, None)
             if new_pod is None:
                 self._pods.pop(key, None)
             else:
                 self._pods[key] = new_pod
+                self._pods_by_node.setdefault(new_pod.node, {})[key] = new_pod
             affected = _pod_affected(old_pod, new_pod)
+            self._stale |= affected
+            return affected
         if affected:
             self._snapshot = None
         return affected

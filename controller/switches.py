@@ -27,7 +27,6 @@ from controller.dirty import DirtySet
 from controller.leader import Leadership
 from controller.metrics import ControllerMetrics
 from controller.model import ClusterModel
-from flows.compiler import compile_node
 from flows.diff import Plan, diff
 from flows.flowset import FlowSet
 from flows.model import Flow
@@ -131,8 +130,15 @@ class SwitchSession:
         self._cond = threading.Condition()
         self._ports = dict(ports)
         self._replies: dict[int, list[Reply]] = {}  # xid -> replies, for the xids awaited now
+        # The flow-mod xids of the bundle being pushed (first, count) and the errors for them:
+        # a range, not one awaited entry per flow-mod (a push may carry 50k of them).
+        self._mod_window: tuple[int, int] | None = None
+        self._mod_errors: dict[int, list[Reply]] = {}
         self._closed = False
         self._poked = True  # a new session reconciles at once
+        # When the oldest reconcile request not yet satisfied was made (the reconcile lag).
+        self._poked_at: float | None = time.monotonic()
+        self._work_since: float | None = None
         self._full = True  # ...reading the switch back first
         self._installed: FlowSet | None = None
         self._leadership: Leadership | None = None  # None: not decided yet, do nothing
@@ -171,12 +177,18 @@ class SwitchSession:
         with self._cond:
             self._poked = True
             self._full = self._full or full
+            if self._poked_at is None:
+                self._poked_at = time.monotonic()
             self._cond.notify_all()
 
     def on_reply(self, reply: Reply) -> None:
         """Hand a reply to the request waiting for it; an unsolicited error is logged."""
         with self._cond:
             waiting = self._replies.get(reply.xid)
+            if waiting is None and self._mod_window is not None:
+                first, count = self._mod_window
+                if (reply.xid - first) & 0xFFFFFFFF < count:
+                    waiting = self._mod_errors.setdefault(reply.xid, [])
             if waiting is not None:
                 waiting.append(reply)
                 self._cond.notify_all()
@@ -229,6 +241,7 @@ class SwitchSession:
             full = self._full
             self._poked = self._full = False
             self._retry_at = None
+            self._work_since, self._poked_at = self._poked_at, None
             return full
 
     def _run(self) -> None:
@@ -237,8 +250,11 @@ class SwitchSession:
             if full is None:
                 break
             try:
-                self.reconcile(full=full)
+                plan = self.reconcile(full=full)
                 self._retry = RETRY_MIN
+                since, self._work_since = self._work_since, None
+                if plan is not None and self.node and since is not None:
+                    self._metrics.reconcile_lag_seconds.labels(self.node).observe(time.monotonic() - since)
             except SessionLost as exc:
                 if not self.closed:
                     # The switch stopped answering: drop the connection so that it reconnects
@@ -256,6 +272,10 @@ class SwitchSession:
     def _fail(self, reason: str) -> None:
         self._installed = None  # read back next time: we no longer know what the switch holds
         with self._cond:
+            # The request is still not satisfied: its clock keeps running.
+            since, self._work_since = self._work_since, None
+            if since is not None and (self._poked_at is None or since < self._poked_at):
+                self._poked_at = since
             self._retry_at = time.monotonic() + self._retry
             self._full = True
         self._log.warning("node %s: %s; retrying in %.0fs", self.node, reason, self._retry)
@@ -296,7 +316,7 @@ class SwitchSession:
             self._on_state()
         self._model.set_ports(node, self.ports())
         try:
-            desired = compile_node(self._model.snapshot(), node)
+            desired = self._model.compile(node)
         except KeyError:
             # Its Node is known but unusable (conflicting); the model has logged why.
             self._log.info("node %s is not usable now: not programmed", node)
@@ -426,31 +446,44 @@ class SwitchSession:
         count = len(deletes) + len(adds)
         first = self.channel.reserve_xids(count + 4)
         self._bundle_id = self._bundle_id % 0xFFFFFFFF + 1
-        bundle = ofmsg.bundle_messages(self._cache, deletes, adds, bundle_id=self._bundle_id, first_xid=first)
-        xids = [
-            bundle.open_xid,
-            *bundle.flows_by_xid,
-            bundle.barrier_xid,
-            bundle.commit_xid,
-            bundle.discard_xid,
-        ]
+        bundle = ofmsg.bundle_plan(
+            self._cache.version, deletes, adds, bundle_id=self._bundle_id, first_xid=first
+        )
+        xids = [bundle.open_xid, bundle.barrier_xid, bundle.commit_xid, bundle.discard_xid]
         node = self.node or ""
         # Generous: OVS handles bundle-adds at well over 10k per second.
         timeout = self._reply_timeout + count / 2000
         self._expect(xids)
+        with self._cond:
+            self._mod_window = (bundle.first_mod_xid, count)
+            self._mod_errors = {}
         try:
             self._send(bundle.open)
-            self._expect_ctrl(bundle.open_xid, ofmsg.BundleCtrl.OPEN_REPLY)
-            for i in range(0, len(bundle.adds), SEND_SLICE):
-                self._send(b"".join(bundle.adds[i : i + SEND_SLICE]))
-            self._metrics.count_flow_mods(node, len(bundle.adds))
+            # Encoding is the costly part: slice by slice, so that the switch applies one
+            # slice while the next is encoded (the first one while the open reply travels).
+            try:
+                data = bundle.encode(self._cache, 0, SEND_SLICE)
+                self._expect_ctrl(bundle.open_xid, ofmsg.BundleCtrl.OPEN_REPLY)
+                for i in range(SEND_SLICE, count + SEND_SLICE, SEND_SLICE):
+                    if data:
+                        self._send(data)
+                    data = bundle.encode(self._cache, i, i + SEND_SLICE)
+            except ofmsg.OfMsgError:
+                # A flow we cannot encode: nothing of the bundle may apply.
+                self._send(bundle.discard)
+                self._expect_ctrl(bundle.discard_xid, ofmsg.BundleCtrl.DISCARD_REPLY)
+                raise
+            self._metrics.count_flow_mods(node, count)
             self._send(bundle.barrier)
             self._wait_for(bundle.barrier_xid, timeout, lambda got: bool(got))
             refused: list[str] = []
             with self._cond:
-                for xid, (command, flow) in bundle.flows_by_xid.items():
-                    for reply in self._replies.get(xid, ()):
-                        refused.append(f"{command.value} {flow.render()}: {error_text(reply.msg)}")
+                first_mod = bundle.first_mod_xid
+                errors = sorted(self._mod_errors.items(), key=lambda e: (e[0] - first_mod) & 0xFFFFFFFF)
+            for xid, replies in errors:
+                command, flow = bundle.flows_by_xid[xid]
+                for reply in replies:
+                    refused.append(f"{command.value} {flow.render()}: {error_text(reply.msg)}")
             if refused:
                 self._metrics.openflow_errors.labels(node).inc(len(refused))
                 for line in refused:
@@ -462,7 +495,10 @@ class SwitchSession:
             self._expect_ctrl(bundle.commit_xid, ofmsg.BundleCtrl.COMMIT_REPLY, timeout)
         finally:
             self._forget(xids)
-        return len(bundle.adds)
+            with self._cond:
+                self._mod_window = None
+                self._mod_errors = {}
+        return count
 
     def _expect_ctrl(self, xid: int, kind: ofmsg.BundleCtrl, timeout: float | None = None) -> None:
         replies = self._wait_for(xid, timeout or self._reply_timeout, lambda got: bool(got))

@@ -13,5 +13,6 @@ def mac_for_ip(ip: ipaddress.IPv4Address | str) -> str:
     0a is a locally administered unicast prefix; Kubernetes' own bridge plugin uses the same
     scheme, so the controller can compute every L2 address from API data alone.
     """
-    packed = ipaddress.IPv4Address(ip).packed
+    # IPv4Address(an IPv4Address) would print and parse it again: use its bytes directly.
+    packed = (ip if isinstance(ip, ipaddress.IPv4Address) else ipaddress.IPv4Address(ip)).packed
     return MAC_PREFIX + "".join(f":{b:02x}" for b in packed)

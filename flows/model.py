@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -61,8 +63,14 @@ def _parse_int(text: str) -> int:
     return int(text, 16) if text.lower().startswith("0x") else int(text)
 
 
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
 def _normalize_mac(value: str) -> str:
-    parts = value.lower().split(":")
+    lowered = value.lower()
+    if _CANONICAL_MAC.fullmatch(lowered):
+        return lowered  # the common case, without the general checks below
+    parts = lowered.split(":")
     if len(parts) != 6 or not all(len(p) == 2 for p in parts):
         raise FlowValueError(f"bad MAC address {value!r}")
     try:
@@ -74,6 +82,13 @@ def _normalize_mac(value: str) -> str:
 
 
 def _normalize_ip(value: str) -> str:
+    try:
+        # A plain IPv4 address already in canonical form (it prints back identically): the
+        # common case, at C speed. Anything else takes the general path.
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+            return value
+    except (OSError, ValueError):
+        pass
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
@@ -353,8 +368,18 @@ class Flow:
     actions: tuple[Action, ...]
     cookie: int = 0
     checked: bool = field(default=True, compare=False, repr=False)
+    # Flows are dict keys on the push path (the controller's flow-mod cache): the hash of the
+    # nested match and actions is computed once, here, not on every lookup.
+    _hash: int = field(init=False, default=0, compare=False, repr=False)
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            # The table by name: equal tables have equal names, and a Table's own hash is slow.
+            self, "_hash", hash((self.table.name, self.priority, self.match, self.actions, self.cookie))
+        )
         if not 0 <= self.priority <= 0xFFFF:
             raise ContractError(f"priority {self.priority} out of range in table {self.table.name}")
         if not 0 <= self.cookie < (1 << 64):

@@ -39,6 +39,7 @@ from tests.controller.harness import (
     setup_node,
     wait_for,
 )
+from tests.controller.kube import node_obj
 
 pytestmark = pytest.mark.ovs
 
@@ -123,6 +124,8 @@ def test_each_bridge_gets_exactly_its_compiled_flows(lab: Lab) -> None:
         assert node.flows() == want
         # One bundle of adds from an empty bridge: nothing more, nothing less.
         assert lab.controller.flow_mods(node.name) == len(want)
+        # ...and the time from asking for it to the commit reply was recorded.
+        assert lab.controller.metric("sluice_controller_reconcile_lag_seconds_count", node=node.name) >= 1
     assert lab.controller.metric("sluice_controller_switches_connected") == 2
     want = expected(lab.nodes, [], "node-1")
     assert lab.controller.metric("sluice_controller_node_flows", node="node-1") == len(want)
@@ -220,6 +223,7 @@ def test_a_switch_matching_no_node_waits_until_its_node_names_it(lab: Lab) -> No
 
 def test_malformed_objects_are_skipped_with_one_log_line_each(lab: Lab) -> None:
     lab.core.create_node({"metadata": {"name": "node-bad", "annotations": {}}, "spec": {}})
+    lab.core.create_node(node_obj("node-no-tunnel", "100.64.9.0/24", None))
     start_cluster(lab)
     bad = {
         "metadata": {
@@ -246,7 +250,9 @@ def test_malformed_objects_are_skipped_with_one_log_line_each(lab: Lab) -> None:
     text = lab.controller.log_text()
     node_lines = [line for line in text.splitlines() if "skipping Node node-bad" in line]
     pod_lines = [line for line in text.splitlines() if f"skipping Pod {NAMESPACE}/bad-1" in line]
+    tunnel_lines = [line for line in text.splitlines() if "skipping Node node-no-tunnel" in line]
     assert len(node_lines) == 1 and "podCIDR" in node_lines[0], node_lines
+    assert len(tunnel_lines) == 1 and ann.NODE_TUNNEL_IP in tunnel_lines[0], tunnel_lines
     assert len(pod_lines) == 1 and "network-status" in pod_lines[0], pod_lines
     lab.converged()
 

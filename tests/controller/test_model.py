@@ -28,10 +28,11 @@ def loaded_model(**kwargs: Any) -> ClusterModel:
 
 
 def canonical(cluster: Cluster) -> Cluster:
-    """Return `cluster` with nodes and pods in name order (Cluster compares tuples in order)."""
+    """Return `cluster` in the model's order (Cluster compares tuples in order): nodes by name,
+    pods grouped by node in that order, then by namespace/name."""
     return Cluster(
         tuple(sorted(cluster.nodes, key=lambda n: n.name)),
-        tuple(sorted(cluster.pods, key=lambda p: (p.namespace, p.name))),
+        tuple(sorted(cluster.pods, key=lambda p: (p.node, p.namespace, p.name))),
     )
 
 

@@ -308,6 +308,27 @@ def test_bundle_messages_put_deletes_first_and_map_every_xid_to_its_flow() -> No
     assert bundle.barrier == ofmsg.serialize(barrier)
 
 
+def test_bundle_plan_encodes_the_same_messages_slice_by_slice() -> None:
+    proto = OfProto(ofmsg.OF15)
+    flows = [*example_flows(), *extra_flows()]
+    deletes, adds = flows[:4], flows[4:]
+    whole = ofmsg.bundle_messages(FlowModCache(proto), deletes, adds, bundle_id=7, first_xid=0xFFFFFFFD)
+    plan = ofmsg.bundle_plan(ofmsg.OF15, deletes, adds, bundle_id=7, first_xid=0xFFFFFFFD)
+    cache = FlowModCache(proto)
+    sliced = b"".join(plan.encode(cache, i, i + 3) for i in range(0, len(flows), 3))
+    assert sliced == b"".join(whole.adds)
+    assert plan.encode(cache, 0, len(flows)) == sliced  # warm: the same bytes again
+    assert (plan.open, plan.barrier, plan.commit, plan.discard) == (
+        whole.open, whole.barrier, whole.commit, whole.discard,
+    )  # fmt: skip
+    assert dict(plan.flows_by_xid) == dict(whole.flows_by_xid)
+    assert (plan.open_xid, plan.barrier_xid, plan.commit_xid, plan.discard_xid) == (
+        whole.open_xid, whole.barrier_xid, whole.commit_xid, whole.discard_xid,
+    )  # fmt: skip
+    with pytest.raises(ofmsg.OfMsgError, match=r"1\.4 or later"):
+        plan.encode(FlowModCache(OfProto(ofmsg.OF13)), 0, 1)
+
+
 # ---- cache -----------------------------------------------------------------------------------
 
 

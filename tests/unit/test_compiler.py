@@ -10,7 +10,7 @@ import pytest
 
 from flows import cookies
 from flows.cluster import Cluster, ClusterError, PodSpec
-from flows.compiler import compile_cluster, compile_node, local_pod_flows, remote_flows
+from flows.compiler import CompileCache, compile_cluster, compile_node, local_pod_flows, remote_flows
 from flows.example import example_cluster
 from flows.flowset import FlowConflictError, FlowSet
 from flows.model import Flow, Match, Output
@@ -86,3 +86,41 @@ def test_flowset_refuses_two_different_flows_on_one_key() -> None:
     assert len(FlowSet.of([a, a])) == 1
     with pytest.raises(FlowConflictError, match="two flows for table=output"):
         FlowSet.of([a, b])
+
+
+def test_with_node_pods_validates_the_new_pods_and_equals_a_fresh_cluster() -> None:
+    c = example_cluster()
+    extra = PodSpec("default", "extra", "node-1", ipaddress.IPv4Address("100.64.1.99"), 9)
+    changed = c.with_node_pods("node-1", (*c.pods_on("node-1"), extra))
+    assert changed == Cluster(c.nodes, changed.pods)
+    assert set(changed.pods) == {*c.pods, extra}
+    assert changed.pods_on("node-1")[-1] == extra and changed.pods_on("node-2") == c.pods_on("node-2")
+    assert c.with_node_pods("node-1", ()).pods_on("node-1") == ()
+    other = c.pods_on("node-2")[0]
+    with pytest.raises(ClusterError, match="listed twice"):
+        c.with_node_pods("node-1", (dataclasses.replace(extra, namespace=other.namespace, name=other.name),))
+    with pytest.raises(ClusterError, match="not a pod address"):
+        c.with_node_pods("node-1", (dataclasses.replace(extra, ip=ipaddress.IPv4Address("100.64.2.50")),))
+    with pytest.raises(ClusterError, match="share IP"):
+        c.with_node_pods("node-1", (extra, dataclasses.replace(extra, name="twin")))
+    with pytest.raises(ClusterError, match="is on node node-1, not node-2"):
+        c.with_node_pods("node-2", (extra,))
+    with pytest.raises(KeyError):
+        c.with_node_pods("node-9", ())
+
+
+def test_compile_cache_gives_what_a_fresh_compile_gives() -> None:
+    c = example_cluster()
+    cache = CompileCache()
+    one_by_one = {n.name: compile_node(c, n.name) for n in c.nodes}
+    assert compile_cluster(c, cache) == compile_cluster(c) == one_by_one
+    extra = PodSpec("default", "extra", "node-1", ipaddress.IPv4Address("100.64.1.99"), 9)
+    bigger = c.with_node_pods("node-1", (*c.pods_on("node-1"), extra))
+    assert compile_node(bigger, "node-1", cache) == compile_node(bigger, "node-1")
+    assert len(compile_node(bigger, "node-1", cache)) == len(compile_node(c, "node-1")) + 5
+    moved = Cluster(
+        (c.nodes[0], dataclasses.replace(c.nodes[1], tunnel_ip=ipaddress.IPv4Address("198.18.0.99"))),
+        c.pods,
+    )
+    assert compile_node(moved, "node-1", cache) == compile_node(moved, "node-1")
+    assert compile_node(c, "node-1", cache) == compile_node(c, "node-1")
