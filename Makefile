@@ -10,7 +10,7 @@ DEB_PACKAGES := openvswitch-switch openvswitch-common iproute2 ethtool tcpdump i
 # Packages whose absence makes a test fail loudly rather than skip (see tests/conftest.py).
 MYPY_STRICT := flows cni controller ovsagent lab
 
-.PHONY: test deps venv lint unit pytest docs clean lab
+.PHONY: test deps venv lint unit pytest docs clean lab lab-down
 
 test: deps venv lint pytest
 
@@ -42,6 +42,18 @@ pytest: venv
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit
+
+# The first command of the README: a 2-node lab (namespaces, real OVS, agents, controller, the
+# API-server stand-in) with 2 pods per node, then every pod pings every other pod.
+# LAB_FLAGS adds `sluice lab up` options (the e2e smoke test gives its own --prefix; the state
+# directory comes from $SLUICE_LAB_STATE, default /run/sluice-lab).
+LAB_FLAGS ?=
+lab: deps venv
+	$(BIN)/sluice lab up --nodes 2 --pods-per-node 2 $(LAB_FLAGS)
+	$(BIN)/sluice lab ping
+
+lab-down: venv
+	$(BIN)/sluice lab down
 
 docs: venv
 	$(BIN)/sluice docs pipeline --write docs/pipeline.md

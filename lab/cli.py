@@ -13,6 +13,18 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("docs", "pipeline"): ("lab.docs:pipeline_main", "generate or check docs/pipeline.md"),
     ("lab", "apiserver"): ("lab.apiserver.main:main", "run the lab's Kubernetes API stand-in"),
+    ("lab", "up"): ("lab.labcli:up_main", "build a multi-node Sluice cluster in namespaces"),
+    ("lab", "down"): ("lab.labcli:down_main", "remove the lab (processes, namespaces, state)"),
+    ("lab", "status"): ("lab.labcli:status_main", "components, nodes, pods, controllers, leader"),
+    ("lab", "ping"): ("lab.labcli:ping_main", "ping every pod from every pod (a matrix)"),
+    ("lab", "kubeconfig"): ("lab.labcli:kubeconfig_main", "print a kubeconfig for kubectl"),
+    ("lab", "restart"): ("lab.labcli:restart_main", "restart agent/NODE or controller/NODE"),
+    ("lab", "pod", "create"): ("lab.labcli:pod_create_main", "create a pod (runs the real sluice-cni)"),
+    ("lab", "pod", "delete"): ("lab.labcli:pod_delete_main", "delete pods"),
+    ("lab", "pod", "exec"): ("lab.labcli:pod_exec_main", "run a command inside a pod"),
+    ("lab", "node", "add"): ("lab.labcli:node_add_main", "add a node to the running lab"),
+    ("lab", "node", "remove"): ("lab.labcli:node_remove_main", "remove a node (and its pods)"),
+    ("lab", "forward"): ("lab.labcli:forward_main", "(internal) host port forward into a lab namespace"),
     ("check-config", "agent"): ("ovsagent.config:check_config_main", "validate an agent config"),
     ("check-config", "controller"): ("controller.config:check_config_main", "validate a controller config"),
 }
