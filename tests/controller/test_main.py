@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from kubernetes import client
 
 from lab.apiserver import ApiServer
 from tests.controller.harness import CONTROLLER_BIN, ControllerProcess, free_port, wait_for
+from tests.support import require_root_and_ovs
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -94,5 +96,45 @@ def test_sigterm_ends_open_tls_watches_at_once(tmp_path: Path) -> None:
             time.sleep(1)  # let every informer take its event in
             code, took = controller.stop(signal.SIGTERM)
             assert code == 0 and took < 5, f"exit {code} after {took:.1f}s:\n{controller.log_text()}"
+        finally:
+            controller.kill()
+
+
+def test_in_cluster_service_account_is_used_without_a_kubeconfig(tmp_path: Path) -> None:
+    # What a Deployment's pod sees: KUBERNETES_SERVICE_HOST/PORT and the service account's token
+    # and CA under /var/run/secrets/kubernetes.io/serviceaccount. The files are put there in a
+    # private mount namespace (a tmpfs over /run, which /var/run points to), so the machine's own
+    # /run is untouched.
+    require_root_and_ovs()
+    with ApiServer("127.0.0.1", 0, tls=True, token="in-cluster-t0ken") as api:
+        assert api.ca_file is not None
+        account = tmp_path / "serviceaccount"
+        account.mkdir()
+        (account / "token").write_text("in-cluster-t0ken")
+        (account / "ca.crt").write_bytes(api.ca_file.read_bytes())
+        (account / "namespace").write_text("kube-system")
+        controller = ControllerProcess(tmp_path, tmp_path / "unused")
+        lines = controller.config.read_text().splitlines()
+        controller.config.write_text("\n".join(x for x in lines if not x.startswith("kubeconfig:")) + "\n")
+        secrets = "/var/run/secrets/kubernetes.io/serviceaccount"
+        script = (
+            f"mount -t tmpfs sluice-test /run && mkdir -p {secrets} && cp {account}/* {secrets}/ && "
+            f'exec "{CONTROLLER_BIN}" --config "{controller.config}"'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_CONTROLLER_")}
+        env |= {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
+        with open(tmp_path / "controller.log", "wb") as out:
+            controller.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        controller.log_path = tmp_path / "controller.log"
+        try:
+            # /readyz is 200 only once every informer has listed through the API server.
+            wait_for(lambda: controller.http("/readyz")[0] == 200, 20, "/readyz", controller.log_text)
+            code, _ = controller.stop(signal.SIGTERM)
+            assert code == 0
         finally:
             controller.kill()
