@@ -522,6 +522,14 @@ def _check_inactivity_probe(value: int) -> str | None:
     return f"{value} is not 0 (no probes) or a whole number of seconds from 5000 to 3600000 ms (OVS limits)"
 
 
+def _check_max_backoff(value: int) -> str | None:
+    # rconn uses whole seconds (bridge.c: max_backoff / 1000, at least 1 s): refuse values OVS
+    # would silently change.
+    if 1000 <= value <= 3_600_000 and value % 1000 == 0:
+        return None
+    return f"{value} is not a whole number of seconds from 1000 to 3600000 ms (OVS limits)"
+
+
 def _check_of_protocols(value: tuple[OpenFlowVersion, ...]) -> str | None:
     if len(set(value)) != len(value):
         return "a version is listed twice"
@@ -699,6 +707,14 @@ class AgentConfig:
             "Controller inactivity probe in ms: 0 (off) or whole seconds from 5000 (OVS rounds "
             "down to seconds and raises anything shorter to 5 s).",
             check=_check_inactivity_probe,
+        ),
+    )
+    controller_max_backoff_ms: int = field(
+        default=1000,
+        metadata=meta(
+            "Longest wait in ms between the bridge's attempts to reach a controller (the Controller "
+            "rows' `max_backoff`; OVS default 8000): whole seconds from 1000.",
+            check=_check_max_backoff,
         ),
     )
     of_protocols: tuple[OpenFlowVersion, ...] = field(

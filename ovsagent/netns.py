@@ -32,6 +32,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -530,6 +531,61 @@ def move_addresses(src: str, dst: str, *, netns: str | None = None) -> list[ipad
     return addresses
 
 
+ARP_REQUEST = 1
+ARP_REPLY = 2
+
+
+def _arp_frame(op: int, mac: bytes, ip: ipaddress.IPv4Address) -> bytes:
+    """A broadcast gratuitous ARP frame (sender and target address both `ip`), padded to 60 bytes."""
+    # A gratuitous reply names the sender's MAC as target hardware address too (Linux counts a
+    # reply as gratuitous only then); a request leaves it zero.
+    target_mac = mac if op == ARP_REPLY else bytes(6)
+    arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, mac, ip.packed, target_mac, ip.packed)
+    frame = b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp
+    return frame.ljust(60, b"\x00")
+
+
+def announce_addresses(
+    name: str,
+    addresses: list[ipaddress.IPv4Address],
+    *,
+    netns: str | None = None,
+    rounds: int = 3,
+    interval: float = 0.2,
+) -> str:
+    """Send gratuitous ARP (a request and a reply per address, `rounds` times) out of device `name`.
+
+    Tells the underlay that `addresses` now live at `name`'s MAC: Linux neighbours update an
+    existing entry from a gratuitous request or reply, and OVS's userspace tunnel neighbour cache
+    (tnl_arp_snoop) learns from ARP replies and gratuitous ARP passing through a bridge. Returns the
+    MAC announced. Raises NetlinkError (NetnsGone) when the device or namespace is missing.
+    """
+    validate_ifname(name)
+    mac_text = link_mac(name, netns=netns)
+    if mac_text is None:
+        raise NetlinkError(f"cannot announce addresses of {name} in {_where(netns)}: no such device")
+    mac = bytes.fromhex(mac_text.replace(":", ""))
+    frames = [_arp_frame(op, mac, ip) for ip in addresses for op in (ARP_REQUEST, ARP_REPLY)]
+    if not frames:
+        return mac_text
+    sock = _socket_in(netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.bind((name, 0))
+        for round_ in range(rounds):
+            if round_:
+                time.sleep(interval)
+            for frame in frames:
+                sock.send(frame)
+    except OSError as exc:
+        raise NetlinkError(
+            f"cannot send gratuitous ARP on {name} in {_where(netns)}: {exc.strerror}"
+        ) from None
+    finally:
+        sock.close()
+    log.info("announced %s at %s on %s (gratuitous ARP)", [str(a) for a in addresses], mac_text, name)
+    return mac_text
+
+
 # ---------------------------------------------------------------------------------------------
 # sysctl
 
@@ -582,3 +638,15 @@ def isolate_host_end(name: str, *, netns: str | None = None) -> None:
     write_sysctl(f"net/ipv4/conf/{name}/arp_ignore", "8", netns=netns)
     with contextlib.suppress(NetlinkError):  # no IPv6 in this kernel or namespace: nothing to stop
         write_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "1", netns=netns)
+
+
+def answer_arp_only_for_own_addresses(name: str, *, netns: str | None = None) -> None:
+    """Make device `name` answer ARP only for addresses configured on it (arp_ignore=1).
+
+    With the default arp_ignore=0 Linux answers an ARP request arriving on any interface for any
+    local address, with that interface's MAC. Once an underlay interface's address has moved to
+    br-phy, the node's kernel would keep answering on the underlay interface (an OVS port now)
+    with the old MAC, racing br-phy's answer. Raises NetlinkError.
+    """
+    validate_ifname(name)
+    write_sysctl(f"net/ipv4/conf/{name}/arp_ignore", "1", netns=netns)

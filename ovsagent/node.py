@@ -137,8 +137,9 @@ def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str |
     (learned from the kernel) and needs the route's device to be an OVS bridge: the endpoint
     address must sit on a bridge's internal port, with the physical interface a port of that
     bridge (OVS "userspace tunneling" how-to). br-phy is a plain `standalone` bridge (NORMAL
-    switching), so the node's other underlay traffic keeps flowing through it. Idempotent.
-    Raises OvsdbError, NetlinkError.
+    switching), so the node's other underlay traffic keeps flowing through it. The underlay
+    interface stops answering ARP for addresses it no longer holds, and br-phy's addresses are
+    announced by gratuitous ARP. Idempotent. Raises OvsdbError, NetlinkError.
     """
     if not uses_phys_bridge(config):
         return
@@ -149,8 +150,17 @@ def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str |
         fail_mode="standalone",
         protocols=[p.value for p in config.of_protocols],
     )
+    # before the move, so the underlay interface never answers ARP for br-phy's address
+    netns.answer_arp_only_for_own_addresses(config.underlay_interface, netns=host_netns)
     ovsdb.add_ports(PHYS_BRIDGE, [PortSpec(config.underlay_interface)])
     netns.move_addresses(config.underlay_interface, PHYS_BRIDGE, netns=host_netns)
+    # br-phy's MAC differs from the underlay interface's: peers that resolved the address before
+    # the move (kernels, other vswitchds' tunnel neighbour caches) would keep sending to the old
+    # MAC, which br-phy does not deliver to its LOCAL port, and lose our Geneve packets. Announce
+    # on every start: a restart after a crash mid-move must still correct them.
+    phys = netns.link_addresses(PHYS_BRIDGE, netns=host_netns)
+    if phys is not None and phys.addresses:
+        netns.announce_addresses(PHYS_BRIDGE, [a.ip for a in phys.addresses], netns=host_netns)
 
 
 def ensure_bridge(config: AgentConfig, ovsdb: Connection) -> str:
@@ -164,6 +174,7 @@ def ensure_bridge(config: AgentConfig, ovsdb: Connection) -> str:
         datapath_id=dpid,
         controllers=config.controllers,
         inactivity_probe_ms=config.inactivity_probe_ms,
+        max_backoff_ms=config.controller_max_backoff_ms,
     )
     tunnel_ofport = ovsdb.ensure_tunnel_port(config.bridge, TUNNEL_PORT, ofport_request=config.tunnel_ofport)
     if tunnel_ofport != config.tunnel_ofport:

@@ -82,7 +82,7 @@ COLUMNS: dict[str, list[str]] = {
         "error",
         "external_ids",
     ],
-    "Controller": ["target", "inactivity_probe", "connection_mode", "is_connected"],
+    "Controller": ["target", "inactivity_probe", "max_backoff", "connection_mode", "is_connected"],
 }
 
 TUNNEL_PORT = "sluice-tun0"
@@ -353,6 +353,7 @@ class Connection:
         datapath_id: str | None = None,
         controllers: Sequence[str] = (),
         inactivity_probe_ms: int | None = None,
+        max_backoff_ms: int | None = None,
         external_ids: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> bool:
@@ -362,7 +363,8 @@ class Connection:
         rewritten controller or fail_mode disturbs the OpenFlow connection, and a bridge going
         from no controller to some (or back) has its flows flushed by ovs-vswitchd
         (bridge_configure_remotes), so controllers are set in the bridge's creating transaction.
-        `datapath_id` is 16 hex digits; `external_ids` keys are merged (others are kept).
+        `inactivity_probe_ms` and `max_backoff_ms` are set on every Controller row (None: the OVS
+        default). `datapath_id` is 16 hex digits; `external_ids` keys are merged (others are kept).
         Raises OvsdbError, ValueError for bad arguments.
         """
         if datapath_id is not None and (
@@ -407,7 +409,7 @@ class Connection:
                 if ids.get(key) != value:
                     br.setkey("external_ids", key, value)
                     changed = True
-            changed |= self._ensure_controllers(txn, br, controllers, inactivity_probe_ms)
+            changed |= self._ensure_controllers(txn, br, controllers, inactivity_probe_ms, max_backoff_ms)
             if changed:
                 self._root().increment("next_cfg")
             return changed
@@ -420,6 +422,7 @@ class Connection:
         br: Any,
         targets: Sequence[str],
         inactivity_probe_ms: int | None,
+        max_backoff_ms: int | None,
     ) -> bool:
         existing = {c.target: c for c in _col(br, "controller", [])}
         changed = False
@@ -436,6 +439,10 @@ class Connection:
             probe = [] if inactivity_probe_ms is None else [inactivity_probe_ms]
             if _col(row, "inactivity_probe", []) != probe:
                 row.inactivity_probe = probe
+                changed = True
+            backoff = [] if max_backoff_ms is None else [max_backoff_ms]
+            if _col(row, "max_backoff", []) != backoff:
+                row.max_backoff = backoff
                 changed = True
             rows.append(row)
         if set(existing) != set(targets):

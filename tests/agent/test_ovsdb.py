@@ -53,7 +53,7 @@ def test_ensure_bridge_builds_the_bridge_as_asked(agent_node: AgentNode) -> None
 def test_ensure_bridge_again_changes_nothing_and_keeps_flows(agent_node: AgentNode) -> None:
     node, ovsdb = agent_node.node, agent_node.ovsdb
 
-    def ensure(probe_ms: int = 5000) -> bool:
+    def ensure(probe_ms: int = 5000, backoff_ms: int = 1000) -> bool:
         return ovsdb.ensure_bridge(
             BRIDGE,
             datapath_type="netdev",
@@ -61,12 +61,15 @@ def test_ensure_bridge_again_changes_nothing_and_keeps_flows(agent_node: AgentNo
             datapath_id=DATAPATH_ID,
             controllers=["tcp:127.0.0.1:6653"],
             inactivity_probe_ms=probe_ms,
+            max_backoff_ms=backoff_ms,
             external_ids={"sluice.io/node": "node-1"},
         )
 
     # adding the controller is a change (and flushes flows: vswitchd does that when a bridge
     # gains its first controller), so add the marker flow after it
     assert ensure() is True
+    # the reconnect backoff came with the Controller row (OVS default: 8 s)
+    assert _controller_column(node, "max_backoff") == "1000"
     node.add_flows(BRIDGE, MARK_FLOW + "\n")
     before = _all_versions(node)
 
@@ -77,9 +80,10 @@ def test_ensure_bridge_again_changes_nothing_and_keeps_flows(agent_node: AgentNo
 
     # a real change (the probe interval) is applied in place: same Controller row, flows kept
     uuid_before = node.vsctl("--columns=_uuid", "list", "Controller")
-    assert ensure(probe_ms=7000) is True
+    assert ensure(probe_ms=7000, backoff_ms=2000) is True
     assert node.vsctl("--columns=_uuid", "list", "Controller") == uuid_before
     assert _controller_column(node, "inactivity_probe") == "7000"
+    assert _controller_column(node, "max_backoff") == "2000"
     assert any("nw_dst=100.64.9.9" in f for f in node.dump_flows(BRIDGE))
     assert _vsctl_get(node, "Bridge", BRIDGE, "external_ids") == '{"sluice.io/node"=node-1}'
 

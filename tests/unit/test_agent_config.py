@@ -52,6 +52,7 @@ def test_defaults() -> None:
     assert cfg.ovsdb == "unix:/var/run/openvswitch/db.sock"
     assert cfg.controllers == ()
     assert cfg.inactivity_probe_ms == 5000
+    assert cfg.controller_max_backoff_ms == 1000
     assert cfg.of_protocols == (OpenFlowVersion.OF13, OpenFlowVersion.OF15)
     assert cfg.pod_cidr_override is None
     assert cfg.tunnel_ip is None
@@ -93,6 +94,7 @@ def test_yaml_load() -> None:
         ovs_rundir: /run/ovs-a
         controllers: [tcp:198.18.0.1:6653, "ssl:198.18.0.2", "tcp:[fd00::1]:6653", unix:/run/c.sock]
         inactivity_probe_ms: 0
+        controller_max_backoff_ms: 4000
         of_protocols: [OpenFlow13, OpenFlow14]
         pod_cidr_override: 100.64.7.0/24
         tunnel_ip: 198.18.0.7
@@ -118,6 +120,7 @@ def test_yaml_load() -> None:
         "unix:/run/c.sock",
     )
     assert cfg.inactivity_probe_ms == 0
+    assert cfg.controller_max_backoff_ms == 4000
     assert cfg.of_protocols == (OpenFlowVersion.OF13, OpenFlowVersion.OF14)
     assert cfg.pod_cidr_override == "100.64.7.0/24"
     assert cfg.tunnel_ip == "198.18.0.7"
@@ -285,6 +288,9 @@ def test_wrong_type_is_named(text: str, key: str, message: str) -> None:
         ("inactivity_probe_ms: 1000", "inactivity_probe_ms", "from 5000"),
         ("inactivity_probe_ms: 5500", "inactivity_probe_ms", "whole number of seconds"),
         ("inactivity_probe_ms: -1", "inactivity_probe_ms", "0 \\(no probes\\)"),
+        ("controller_max_backoff_ms: 500", "controller_max_backoff_ms", "from 1000"),
+        ("controller_max_backoff_ms: 1500", "controller_max_backoff_ms", "whole number of seconds"),
+        ("controller_max_backoff_ms: 0", "controller_max_backoff_ms", "from 1000"),
         ("of_protocols: [OpenFlow10]", "of_protocols", "OpenFlow13 or later"),
         ("of_protocols: [OpenFlow13, OpenFlow13]", "of_protocols", "listed twice"),
         ("mtu: 575", "mtu", "576 to 9216"),
