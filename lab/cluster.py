@@ -18,7 +18,7 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -40,10 +40,6 @@ PREFIX_FILE = "prefix"
 LEASE_DURATION = 6  # lab value: a killed leader is replaced within seconds
 LEASE_RENEW = 2
 READY_TIMEOUT = 60.0
-# Watch bookmarks every second (the real API server: about a minute). sluice-controller's SIGTERM
-# handling closes each informer's watch from another thread, which blocks until the next chunk of
-# that watch arrives; frequent bookmarks keep a controller stop (restart, failover) to seconds.
-BOOKMARK_INTERVAL = 1
 
 Progress = Callable[[str], None]
 
@@ -193,7 +189,6 @@ def _build(
         [
             str(comp.program("sluice")), "lab", "apiserver", "--listen", f"{comp.API_IP}:{comp.API_PORT}",
             "--data", str(paths.apiserver_data), "--tls", "--token-file", str(paths.token),
-            "--bookmark-interval", str(BOOKMARK_INTERVAL),
         ],
         netns=state.cp_netns,
         log=paths.log("apiserver"),
@@ -231,7 +226,8 @@ def _build(
         _create_node_object(api, node)
     for node in nodes:
         _prepare_node(store, node)
-    # The controller first: bridges that find no controller back off (up to 8 s) before retrying.
+    # The controller first: bridges that find no controller back off before retrying (up to the
+    # agent's `controller_max_backoff_ms`, 1 s by default; OVS's own default is 8 s).
     replicas = [nodes[0], nodes[1]] if options.ha else [nodes[0]]
     for node in replicas:
         _start_controller(store, paths, node)
@@ -247,14 +243,12 @@ def _build(
     _step(progress, started, "waiting for the agents (CNI STATUS) and the controller connections ...")
     for node in nodes:
         _wait_agent_ready(paths, node)
-    fixed = fix_neighbors(store.load(), [n.underlay_ip for n in nodes])
     for node in nodes:
         _wait_controllers_connected(paths, node, len(replicas))
     _step(
         progress,
         started,
-        f"{len(nodes)} agents ready, every br-int connected to the controller"
-        + (f" ({fixed} stale underlay neighbor entries corrected)" if fixed else ""),
+        f"{len(nodes)} agents ready, every br-int connected to the controller",
     )
 
     specs = [
@@ -369,11 +363,6 @@ def _prepare_node(store: StateStore, node: NodeRecord) -> None:
     _make_netns(store, node.netns)
     _plug(node.netns, comp.UPLINK, state.fabric_netns, node.fabric_port,
           f"{node.underlay_ip}/{comp.FABRIC_PREFIXLEN}")  # fmt: skip
-    # Once the agent has moved the address to br-phy, the node's kernel would still answer ARP
-    # arriving on uplink0 with uplink0's MAC (arp_ignore=0 answers for any local address), racing
-    # br-phy's answer: peers would then send tunnel packets to a MAC br-phy does not deliver.
-    # arp_ignore=1 answers only for addresses on the receiving interface. See fix_neighbors().
-    netns_lib.Netns(node.netns).exec("sysctl", "-qw", f"net.ipv4.conf.{comp.UPLINK}.arp_ignore=1")
 
 
 def _start_node(store: StateStore, paths: LabPaths, node: NodeRecord, ha: bool) -> NodeRecord:
@@ -488,63 +477,13 @@ def _wait_agent_ready(paths: LabPaths, node: NodeRecord) -> None:
     _wait_for(lambda: agent_status(node)[0], READY_TIMEOUT, f"the agent of {node.name} (STATUS 0)", logfile)
 
 
-def _fast_reconnect(node: NodeRecord) -> None:
-    """Cap br-int's controller reconnect backoff at 1 s (OVS default: 8 s).
-
-    The agents create br-int (with its Controller rows) while the controller is still starting,
-    and a restarted controller should be found again at once; `max_backoff` is not a column the
-    agent manages, so it keeps this setting across agent restarts."""
-    ovs = OvsNode(node.netns, node.ovs_rundir, name=node.name)
-    for uuid in ovs.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
-        ovs.vsctl("set", "Controller", uuid, "max_backoff=1000", wait=False)
-
-
 def _wait_controllers_connected(paths: LabPaths, node: NodeRecord, replicas: int) -> None:
-    _fast_reconnect(node)
     _wait_for(
         lambda: sum(1 for _, _, c in controller_rows(node) if c) >= replicas,
         READY_TIMEOUT,
         f"{node.name}'s br-int to connect to the controller",
         paths.log("controller-node-1"),
     )
-
-
-def fix_neighbors(state: LabState, ips: Sequence[str]) -> int:
-    """Correct neighbor entries for the node addresses `ips` that predate the agents' move of those
-    addresses from uplink0 to br-phy; return how many were wrong.
-
-    The agent moves a node's underlay address to br-phy's internal port, whose MAC differs from
-    uplink0's, and announces nothing. Peers that resolved the address before the move (the API
-    server's kernel, other nodes' kernels, other vswitchds' tunnel neighbor caches, which learn
-    from ARP replies they see) keep the old MAC: tunnel packets sent to it are not delivered to
-    br-phy's LOCAL port and are lost until the entry ages out (minutes for OVS). So each wrong
-    entry is removed (kernel) or set to the right MAC (OVS `tnl/neigh/set`).
-    """
-    nodes = [n for n in state.nodes if n.underlay_ip in ips]
-    truth: dict[str, str] = {}
-    for node in nodes:
-        truth[node.underlay_ip] = netns_lib.link_info(node.netns, "br-phy").mac.lower()
-    wrong = 0
-    kernel_spaces = [(state.cp_netns, "eth0")] + [(n.netns, "br-phy") for n in state.nodes]
-    for netns, _ in kernel_spaces:
-        out = netns_lib.Netns(netns).ip("-j", "neigh", "show").stdout
-        for entry in json.loads(out or "[]"):
-            ip, mac = entry.get("dst"), str(entry.get("lladdr", "")).lower()
-            if ip in truth and mac and mac != truth[ip]:
-                netns_lib.Netns(netns).ip("neigh", "del", ip, "dev", entry["dev"], check=False)
-                wrong += 1
-    for node in state.nodes:
-        ovs = OvsNode(node.netns, node.ovs_rundir, name=node.name)
-        try:
-            shown = ovs.appctl("tnl/neigh/show", timeout=5)
-        except OvsError:
-            continue
-        for line in shown.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] in truth and parts[1].lower() != truth[parts[0]]:
-                ovs.appctl("tnl/neigh/set", parts[2], parts[0], truth[parts[0]], timeout=5)
-                wrong += 1
-    return wrong
 
 
 # ---------------------------------------------------------------------------------------------
@@ -761,7 +700,8 @@ def print_progress(text: str) -> None:
 
 def restart_component(store: StateStore, name: str) -> ProcessRecord:
     """Stop the recorded component `name` (e.g. `agent/node-2`, `controller/node-1`) and start it
-    again from its config; return the new record. Raises LabError for anything else."""
+    again from its config; return the new record. Raises LabError for anything else, and (once
+    the new one runs) when the old one ignored SIGTERM and had to be killed."""
     state = store.load()
     paths = LabPaths(store.dir)
     kind, _, node_name = name.partition("/")
@@ -771,20 +711,24 @@ def restart_component(store: StateStore, name: str) -> ProcessRecord:
     rec = state.process(name)
     if rec is None:
         raise LabError(f"no component {name} in the lab")
-    comp.stop(rec)
+    clean = comp.stop_cleanly(rec)
     if kind == "agent":
         new = start_agent(store, paths, node)
         _wait_for(lambda: agent_status(node)[0], READY_TIMEOUT, f"the agent of {node.name}", Path(new.log))
-        return new
-    new = start_controller(store, paths, node)
-    target = f"tcp:{node.underlay_ip}:{comp.OPENFLOW_PORT}"
-    for each in state.nodes:
-        _wait_for(
-            lambda n=each: any(t == target and c for t, _, c in controller_rows(n)),  # type: ignore[misc]
-            READY_TIMEOUT,
-            f"{each.name}'s br-int to reconnect to {target}",
-            Path(new.log),
-        )
+    else:
+        new = start_controller(store, paths, node)
+        target = f"tcp:{node.underlay_ip}:{comp.OPENFLOW_PORT}"
+        for each in state.nodes:
+            _wait_for(
+                lambda n=each: any(t == target and c for t, _, c in controller_rows(n)),  # type: ignore[misc]
+                READY_TIMEOUT,
+                f"{each.name}'s br-int to reconnect to {target}",
+                Path(new.log),
+            )
+    if not clean:
+        # Restarted, but a component that ignores SIGTERM loses whatever a clean stop does
+        # (the controller releases its Lease): that is a bug to see, not to hide.
+        raise LabError(f"{name} ignored SIGTERM for 10s and was killed (see {rec.log}); it runs again")
     return new
 
 
@@ -809,7 +753,6 @@ def add_node(store: StateStore, progress: Progress = quiet) -> NodeRecord:
     _prepare_node(store, node)
     _start_node(store, paths, node, state.ha)
     _wait_agent_ready(paths, node)
-    fix_neighbors(store.load(), [node.underlay_ip])
     _wait_controllers_connected(paths, node, 2 if state.ha else 1)
     _step(progress, started, f"{node.name} joined: {node.netns}, {node.underlay_ip}, {node.pod_cidr}")
     return node

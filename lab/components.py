@@ -147,6 +147,12 @@ def stop(record: ProcessRecord, timeout: float = 10.0) -> bool:
     return True
 
 
+def stop_cleanly(record: ProcessRecord, timeout: float = 10.0) -> bool:
+    """Stop the recorded process like `stop`; return False only if it ignored SIGTERM for
+    `timeout` seconds and had to be killed."""
+    return not (record.alive() and stop_pids([record.pid], timeout=timeout))
+
+
 def tail(path: Path | str, lines: int = 15) -> str:
     """The last `lines` lines of a log file (or a note that there is none)."""
     try:

@@ -128,24 +128,26 @@ def wait_gone(pids: Iterable[int], timeout: float) -> set[int]:
     return remaining
 
 
-def stop_pids(pids: Iterable[int], *, timeout: float = 5.0) -> None:
+def stop_pids(pids: Iterable[int], *, timeout: float = 5.0) -> set[int]:
     """Send SIGTERM to each PID, wait up to `timeout`, then SIGKILL what is left and wait again.
 
-    The caller must have established that the PIDs are its own. Raises RuntimeError if a process
+    Returns the PIDs that ignored SIGTERM and had to be killed (empty after a clean stop). The
+    caller must have established that the PIDs are its own. Raises RuntimeError if a process
     survives SIGKILL (it is in uninterruptible sleep and cannot be stopped from here).
     """
     targets = {pid for pid in pids if pid > 1 and pid != os.getpid()}
     for pid in sorted(targets):
         _signal(pid, signal.SIGTERM)
-    left = wait_gone(targets, timeout)
-    if not left:
-        return
-    log.warning("SIGKILL after %.1fs: pids %s", timeout, sorted(left))
-    for pid in sorted(left):
+    killed = wait_gone(targets, timeout)
+    if not killed:
+        return killed
+    log.warning("SIGKILL after %.1fs: pids %s", timeout, sorted(killed))
+    for pid in sorted(killed):
         _signal(pid, signal.SIGKILL)
-    left = wait_gone(left, 5.0)
+    left = wait_gone(killed, 5.0)
     if left:
         raise RuntimeError(f"processes survived SIGKILL: {sorted(left)}")
+    return killed
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
