@@ -102,8 +102,10 @@ def running_components(state: LabState) -> list[ProcessRecord]:
 def up(store: StateStore, options: UpOptions, progress: Progress = quiet) -> LabState:
     """Build the lab described by `options` in `store`'s directory; return its state.
 
-    Raises LabError if a lab is already there (running or left behind) or a step fails; after a
-    failed step everything made so far is removed again (logs are kept)."""
+    A lab of the same shape (nodes, --ha, prefix) already running whole is left as it is and
+    returned (`up` is idempotent, like `vagrant up`). Raises LabError if a different lab, a
+    partly dead one or one left behind is there, or a step fails; after a failed step everything
+    made so far is removed again (logs are kept)."""
     options.validate()
     _check_host()
     _check_state_dir(store.dir)
@@ -117,6 +119,13 @@ def up(store: StateStore, options: UpOptions, progress: Progress = quiet) -> Lab
             except LabStateError as exc:
                 raise LabError(f"{exc}: run `sluice lab down` to clean up what it describes first") from exc
             alive = running_components(old)
+            same_shape = (len(old.nodes), old.ha, old.prefix) == (options.nodes, options.ha, options.prefix)
+            if old.complete and same_shape and len(alive) == len(old.processes):
+                progress(
+                    f"a lab like this one is already running in {store.dir}: left as it is"
+                    " (`sluice lab down` first for a new one)"
+                )
+                return old
             if alive:
                 raise LabError(
                     f"a lab is already running in {store.dir} ({len(old.nodes)} nodes, {len(old.pods)} pods,"

@@ -48,9 +48,14 @@ def test_up_ping_kubectl_crash_down() -> None:
         assert "lab up in" in make.stderr  # the progress display
         assert "12/12 pairs reached" in make.stdout  # `sluice lab ping`: every pod reached every pod
 
+        # `up` again: the same lab is left as it is (so `make lab` then `sluice lab up && ...`
+        # works); a different one is refused, naming the running one.
         again = sluice("lab", "up", "--prefix", prefix, *common)
-        assert again.returncode == 1
-        assert "already running" in again.stderr
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "already running" in again.stderr and "left as it is" in again.stderr
+        other = sluice("lab", "up", "--nodes", "3", "--prefix", prefix, *common)
+        assert other.returncode == 1
+        assert "already running" in other.stderr and "Traceback" not in other.stderr
         ping = sluice("lab", "ping", *common)
         assert ping.returncode == 0, ping.stdout + ping.stderr
         assert "12/12 pairs reached" in ping.stdout
