@@ -41,6 +41,7 @@ from flows.ofctl import parse_dump
 from lab import netns as netns_lib
 from lab.ovs import FailMode, OvsNode
 from lab.relay import Relay
+from lab.traffic import ping
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,20 @@ def wait_for(
             extra = f"\n{details()}" if details else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(0.1)
+
+
+def warm_tunnel(pod_netns: str, destination: str, timeout: float = 15.0) -> None:
+    """Ping from `pod_netns` until `destination` answers once (fail after `timeout` seconds).
+
+    The first packets to a tunnel endpoint OVS has not resolved yet are dropped while it
+    resolves the endpoint's MAC (tnl/arp); on a loaded machine that can take more than a few
+    pings. Tests of loss start after this.
+    """
+    wait_for(
+        lambda: ping(pod_netns, destination, count=1, wait=0.5).received == 1,
+        timeout,
+        f"a first reply from {destination} through the tunnel",
+    )
 
 
 def make_pki(directory: Path) -> dict[str, Path]:

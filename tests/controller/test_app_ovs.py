@@ -38,6 +38,7 @@ from tests.controller.harness import (
     make_pki,
     setup_node,
     wait_for,
+    warm_tunnel,
 )
 from tests.controller.kube import node_obj
 
@@ -323,8 +324,7 @@ def cross_node_pods(lab: Lab, netns: NetnsFactory) -> dict[str, PodPort]:
         lab.create_pod(name, node, ip, f"veth-{name}")
         lab.pods.append(PodSpec(NAMESPACE, name, node.name, ipaddress.IPv4Address(ip), 3))
     start_cluster(lab)
-    # The first packet to a new tunnel endpoint is dropped while OVS resolves its MAC (tnl/arp).
-    ping(pods["a"].pod_netns, "100.64.2.10", count=3, interval=0.2)
+    warm_tunnel(pods["a"].pod_netns, "100.64.2.10")
     return pods
 
 
