@@ -12,6 +12,7 @@ blocks in accept), so the process ends with os._exit once its own parts are down
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """Console-script entry point: run `main` and exit without waiting for os-ken's threads."""
     code = main()
+    # os._exit skips the atexit handlers, and the kubernetes client removes the temporary files
+    # it wrote a kubeconfig's inline CA and client certificate to in one of them: run them first.
+    atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
 from lab.apiserver import ApiServer
@@ -76,9 +77,16 @@ def test_healthy_but_not_ready_while_the_api_server_is_unreachable(tmp_path: Pat
         controller.kill()
 
 
-def test_sigterm_ends_open_tls_watches_at_once(tmp_path: Path) -> None:
+def test_sigterm_ends_open_tls_watches_at_once_and_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The informers sit in TLS reads of watch streams on which nothing arrives for a minute (the
     # default bookmark interval); stopping must not wait for the next chunk of any of them.
+    # The kubernetes client writes the kubeconfig's inline CA to a temporary file; a clean stop
+    # removes it.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     with ApiServer("127.0.0.1", 0, tls=True, token="t0ken") as api:
         controller = ControllerProcess(tmp_path, api.write_kubeconfig(tmp_path / "kubeconfig"))
         try:
@@ -96,6 +104,7 @@ def test_sigterm_ends_open_tls_watches_at_once(tmp_path: Path) -> None:
             time.sleep(1)  # let every informer take its event in
             code, took = controller.stop(signal.SIGTERM)
             assert code == 0 and took < 5, f"exit {code} after {took:.1f}s:\n{controller.log_text()}"
+            assert list(scratch.iterdir()) == []
         finally:
             controller.kill()
 
