@@ -244,8 +244,12 @@ def allocate_service(
     if wanted == "None":
         spec["clusterIPs"] = ["None"]
     elif wanted:
-        addr = ipaddress.ip_address(wanted)
-        if addr not in service_cidr:
+        problem = ""
+        if ipaddress.ip_address(wanted) not in service_cidr:
+            problem = f"provided IP is not in the valid range. The range of valid IPs is {service_cidr}"
+        elif wanted in used_ips:
+            problem = "provided IP is already allocated"
+        if problem:
             raise invalid(
                 rt,
                 name,
@@ -254,21 +258,7 @@ def allocate_service(
                         "spec.clusterIPs",
                         ErrorType.INVALID,
                         [wanted],
-                        f"failed to allocate IP {wanted}: provided IP is not in the "
-                        f"valid range. The range of valid IPs is {service_cidr}",
-                    )
-                ],
-            )
-        if wanted in used_ips:
-            raise invalid(
-                rt,
-                name,
-                [
-                    FieldError(
-                        "spec.clusterIPs",
-                        ErrorType.INVALID,
-                        [wanted],
-                        f"failed to allocate IP {wanted}: provided IP is already allocated",
+                        f"failed to allocate IP {wanted}: {problem}",
                     )
                 ],
             )

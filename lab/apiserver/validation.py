@@ -28,40 +28,44 @@ MAX_ANNOTATIONS_BYTES = 256 * 1024
 Errors = list[FieldError]
 
 
+def _name_errors(value: str, max_len: int, pattern: re.Pattern[str], explanation: str) -> list[str]:
+    """Return why `value` is longer than `max_len` or does not match `pattern`; [] if neither."""
+    if len(value) > max_len:
+        return [f"must be no more than {max_len} characters"]
+    return [] if pattern.match(value) else [explanation]
+
+
 def dns1123_label_errors(value: str) -> list[str]:
     """Return why `value` is not an RFC 1123 label (namespace names); [] if it is."""
-    if len(value) > 63:
-        return ["must be no more than 63 characters"]
-    if not _DNS1123_LABEL.match(value):
-        return [
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
-            "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc')"
-        ]
-    return []
+    return _name_errors(
+        value,
+        63,
+        _DNS1123_LABEL,
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+        "and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc')",
+    )
 
 
 def dns1123_subdomain_errors(value: str) -> list[str]:
     """Return why `value` is not an RFC 1123 subdomain (most object names); [] if it is."""
-    if len(value) > 253:
-        return ["must be no more than 253 characters"]
-    if not _DNS1123_SUBDOMAIN.match(value):
-        return [
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
-            "or '.', and must start and end with an alphanumeric character (e.g. 'example.com')"
-        ]
-    return []
+    return _name_errors(
+        value,
+        253,
+        _DNS1123_SUBDOMAIN,
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+        "or '.', and must start and end with an alphanumeric character (e.g. 'example.com')",
+    )
 
 
 def dns1035_label_errors(value: str) -> list[str]:
     """Return why `value` is not an RFC 1035 label (Service names); [] if it is."""
-    if len(value) > 63:
-        return ["must be no more than 63 characters"]
-    if not _DNS1035_LABEL.match(value):
-        return [
-            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
-            "an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123')"
-        ]
-    return []
+    return _name_errors(
+        value,
+        63,
+        _DNS1035_LABEL,
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with "
+        "an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123')",
+    )
 
 
 def port_name_errors(value: str) -> list[str]:
