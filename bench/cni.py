@@ -6,18 +6,21 @@ Run (root, OVS and containernetworking-plugins installed): `.venv/bin/python -m 
 One run, one machine, both sides measured the same way (exec of the plugin binary to its exit,
 CNI_* environment and config on stdin, a fresh network namespace per pod created beforehand):
 
-* Sluice: the real `sluice-cni` talking to the real `sluice-agent` (veth pods, userspace OVS in
-  a node namespace, the lab API server). ADD is measured until it answers, i.e. until the pod's
-  flows are on br-int: a controller stand-in watches the Pods (a real watch on the API server)
-  and, as soon as a pod's network status is published, installs the flows `flows/` compiles for
-  it with `ovs-ofctl`, as the tests do. That stand-in's reaction is part of the number.
+* Sluice: the real `sluice-cni` (installed as `sluice install-cni` installs it) talking to the
+  real `sluice-agent` (veth pods, userspace OVS in a node namespace, the lab API server). ADD is
+  measured until it answers, i.e. until the pod's flows are on br-int: a controller stand-in
+  watches the Pods (a real watch on the API server) and the node's OVSDB (for ofports, which the
+  controller learns from the switch) and, as soon as a pod's network status is published,
+  installs the flows `flows/` compiles for it that are not on br-int yet with one
+  `ovs-ofctl --bundle add-flows`, as the tests do. That stand-in's reaction is part of the number.
 * Reference: `/usr/lib/cni/bridge` with `host-local` IPAM (`isGateway`, its own podCIDR), run in
   a namespace of its own.
 
 For each: 50 sequential ADDs then their 50 DELs, then 20 concurrent ADDs then 20 concurrent DELs;
 p50 and p99 (nearest rank) in milliseconds, and the ratio Sluice/reference. Then the plugin's
 start-up: exec to exit of `sluice-cni` for VERSION against `python -c pass` with the same
-interpreter (the plugin's floor), medians of interleaved runs. Targets (docs/cni.md): ADD p50 <=
+interpreter (the issue's baseline) and against `python -IS -c pass` (the floor of any Python
+plugin, started as the installed one is), medians of interleaved runs. Targets (docs/cni.md): ADD p50 <=
 2.0x, concurrent ADD p99 <= 3.0x, VERSION <= 1.3x. Not a test: the numbers depend on the machine.
 """
 
@@ -41,7 +44,11 @@ from typing import Any
 
 from kubernetes import watch
 
+from flows.cluster import Cluster, PodSpec
+from flows.compiler import compile_node
+from flows.ofctl import render_flows
 from lab import netns as lab_netns
+from ovsagent import ovsdb
 from ovsagent.naming import port_name
 from tests.agent.harness import AgentBed, InNetns, agent_bed, standalone_factories
 from tests.cni.conftest import plugin_path
@@ -71,22 +78,29 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class WatchingStandIn:
-    """The controller's part, event-driven: a watch on the Pods; when a pod's network status appears,
-    its flows (compiled by `flows/`) are installed with `ovs-ofctl`, on a small worker pool."""
+    """The controller's part, event-driven as the controller is: a watch on the Pods for their
+    network status, an OVSDB replica for their ports' ofports (the controller learns those from
+    the switch's port-status messages), and `ovs-ofctl --bundle add-flows` of the flows `flows/`
+    compiles that are not on br-int yet, one push at a time on a worker."""
 
     def __init__(self, bed: AgentBed) -> None:
         self.bed = bed
         self._ns = InNetns(f"/run/netns/{bed.node.netns}")
+        self._node = bed.node_spec()  # the node's annotations do not change during the run
+        self._ovsdb = ovsdb.Connection(bed.node.db_target).start()
         self._pending: queue.Queue[tuple[str, ipaddress.IPv4Address] | None] = queue.Queue()
         self._installer = threading.Thread(target=self._install_loop, daemon=True)
         self._watch = watch.Watch()
         self._done: set[str] = set()
+        self._installed: set[str] = set()  # flow lines already pushed
+        self._pods: dict[str, PodSpec] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: self._ns.run(self._loop), daemon=True)
         self.errors: list[BaseException] = []
         self.seen_at: dict[str, float] = {}  # when a pod's network status was first seen
         self.installed_at: dict[str, float] = {}  # when its flows were on br-int
+        self._installed_cond = threading.Condition()
 
     def __enter__(self) -> WatchingStandIn:
         self._thread.start()
@@ -100,6 +114,7 @@ class WatchingStandIn:
         self._pending.put(None)
         self._installer.join(10)
         self._ns.close()
+        self._ovsdb.close()
 
     def _loop(self) -> None:
         # list, then watch from the list's resourceVersion on, resuming where the last event left
@@ -158,19 +173,29 @@ class WatchingStandIn:
                 return
 
     def _install_flows(self, pods: list[tuple[str, ipaddress.IPv4Address]]) -> None:
-        ports: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
-        for name, ip in pods:
-            port = port_name("default", name)
-            deadline = time.monotonic() + 10
-            while (ofport := self.bed.ofport(port)) is None and time.monotonic() < deadline:
-                time.sleep(0.005)
-            if ofport is None:
-                raise RuntimeError(f"{port} never got an ofport")
-            ports[name] = (port, ip, ofport)
-        self.bed.install_flows(ports)
+        node, ofport = self.bed.node_name, self._ovsdb.wait_for_ofport
+        specs = [PodSpec("default", pod, node, ip, ofport(port_name("default", pod))) for pod, ip in pods]
+        with self._lock:
+            self._pods.update((p.name, p) for p in specs)
+            every = tuple(self._pods.values())
+        cluster = Cluster((self._node,), every)
+        lines = render_flows(compile_node(cluster, self.bed.node_name)).splitlines(keepends=True)
+        new = [line for line in lines if line not in self._installed]
+        if new:
+            self.bed.node.add_flows("br-int", "".join(new))
+            self._installed.update(new)
         now = time.monotonic()
-        for name in ports:
-            self.installed_at[name] = now
+        with self._installed_cond:
+            for name, _ in pods:
+                self.installed_at[name] = now
+            self._installed_cond.notify_all()
+
+    def installed(self, pod: str) -> float:
+        """When `pod`'s flows were installed (waits: the ADD may answer before this thread records it)."""
+        with self._installed_cond:
+            if not self._installed_cond.wait_for(lambda: pod in self.installed_at, timeout=10):
+                raise RuntimeError(f"the stand-in never installed the flows of {pod}")
+            return self.installed_at[pod]
 
 
 def _sluice_args(pod: str) -> str:
@@ -216,8 +241,9 @@ def measure_sluice(bed: AgentBed, sequential: int, concurrent: int) -> dict[str,
             add_seq.append(call("ADD", p))
             done = started[p] + add_seq[-1]
             out.setdefault("phase_plumb", []).append(stand_in.seen_at[p] - started[p])
-            out.setdefault("phase_stand_in", []).append(stand_in.installed_at[p] - stand_in.seen_at[p])
-            out.setdefault("phase_ready", []).append(done - stand_in.installed_at[p])
+            installed = stand_in.installed(p)
+            out.setdefault("phase_stand_in", []).append(installed - stand_in.seen_at[p])
+            out.setdefault("phase_ready", []).append(done - installed)
         out["add_seq"] = add_seq
         out["del_seq"] = [call("DEL", p) for p in seq]
         try:
@@ -273,18 +299,24 @@ def measure_reference(
     return out
 
 
-def measure_startup(runs: int) -> tuple[list[float], list[float]]:
-    """Exec-to-exit seconds of `sluice-cni` VERSION and of `python -c pass`, interleaved."""
+def measure_startup(runs: int) -> dict[str, list[float]]:
+    """Exec-to-exit seconds of `sluice-cni` VERSION, `python -c pass` (the issue's baseline: the
+    same interpreter as a plain script runs) and `python -IS -c pass` (the floor of any Python
+    plugin: how the installed plugin starts), interleaved."""
     plugin = str(plugin_path())
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "VERSION"}
-    version: list[float] = []
-    bare: list[float] = []
+    commands = {
+        "version": [plugin],
+        "bare": [sys.executable, "-c", "pass"],
+        "isolated": [sys.executable, "-IS", "-c", "pass"],
+    }
+    out: dict[str, list[float]] = {key: [] for key in commands}
     for _ in range(runs):
-        for cmd, into in (([plugin], version), ([sys.executable, "-c", "pass"], bare)):
+        for key, cmd in commands.items():
             started = time.monotonic()
             subprocess.run(cmd, env=env, input=b"", capture_output=True, check=True)
-            into.append(time.monotonic() - started)
-    return version, bare
+            out[key].append(time.monotonic() - started)
+    return out
 
 
 ROWS = (
@@ -296,7 +328,7 @@ ROWS = (
 
 
 def report(
-    sluice: dict[str, list[float]], ref: dict[str, list[float]], startup: tuple[list[float], list[float]]
+    sluice: dict[str, list[float]], ref: dict[str, list[float]], startup: dict[str, list[float]]
 ) -> str:
     """Return the printed table."""
     lines = [
@@ -317,11 +349,11 @@ def report(
                 *(percentile(sluice[k], 50) * 1000 for k in ("phase_plumb", "phase_stand_in", "phase_ready"))
             )
         )
-    version, bare = startup
-    v50, b50 = percentile(version, 50) * 1000, percentile(bare, 50) * 1000
+    v50, b50, i50 = (percentile(startup[k], 50) * 1000 for k in ("version", "bare", "isolated"))
     lines.append(
-        f"start-up ({len(version)} runs): sluice-cni VERSION p50 {v50:.1f} ms, "
-        f"python -c pass p50 {b50:.1f} ms, ratio {v50 / b50:.2f}"
+        f"start-up ({len(startup['version'])} runs): sluice-cni VERSION p50 {v50:.1f} ms, "
+        f"python -c pass p50 {b50:.1f} ms (ratio {v50 / b50:.2f}), "
+        f"python -IS -c pass p50 {i50:.1f} ms (ratio {v50 / i50:.2f})"
     )
     add50 = percentile(sluice["add_seq"], 50) / percentile(ref["add_seq"], 50)
     par99 = percentile(sluice["add_par"], 99) / percentile(ref["add_par"], 99)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
 
-
-class ErrorCode(IntEnum):
+class ErrorCode:
     """The CNI spec's well-known error codes (0-99 reserved), plus libcni's 8 and 999.
 
     Names follow libcni's `pkg/types` constants (`ErrTryAgainLater` -> TRY_AGAIN_LATER).
     Codes 100 and above are free for plugin-specific errors; the agent may return them.
+    Plain ints, not an IntEnum: `enum` costs milliseconds at every plugin start.
     """
 
     INCOMPATIBLE_CNI_VERSION = 1
@@ -24,6 +23,11 @@ class ErrorCode(IntEnum):
     PLUGIN_NOT_AVAILABLE = 50
     LIMITED_CONNECTIVITY = 51
     INTERNAL = 999
+
+    @classmethod
+    def names(cls) -> dict[str, int]:
+        """Return every code by name."""
+        return {k: v for k, v in vars(cls).items() if k.isupper() and isinstance(v, int)}
 
 
 class CniError(Exception):

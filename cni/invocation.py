@@ -13,12 +13,11 @@ version before that (the spec leaves this case open; the maintainers suggest the
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
-from cni import spec, wire
+from cni import fastjson, spec, wire
 from cni.errors import CniError, ErrorCode
 from cni.stdio import StdinError, read_stdin, write_stdout
 from cni.versions import CURRENT_VERSION, MIN_VERSION, SUPPORTED_VERSIONS, version_at_least, version_tuple
@@ -127,14 +126,14 @@ class Invocation:
         }
         result = self._ask_agent(socket_path, message, timeout)
         if command == "ADD":
-            write_stdout(json.dumps(result))
+            write_stdout(fastjson.dumps(result))
         return 0
 
     def _decode(self, data: bytes) -> dict[str, Any]:
         if not data.strip():
             raise CniError(ErrorCode.DECODING_FAILURE, "no network configuration on stdin")
         try:
-            config = json.loads(data.decode("utf-8"))
+            config = fastjson.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise CniError(ErrorCode.DECODING_FAILURE, f"network configuration is not UTF-8: {exc}") from exc
         except (ValueError, RecursionError) as exc:
@@ -266,7 +265,7 @@ class Invocation:
                 msg = f"internal error in sluice-cni: {type(exc).__name__}: {exc}"
                 details = "this is a bug; the traceback is on stderr"
             payload = {"cniVersion": self.error_version, "code": int(code), "msg": msg, "details": details}
-            write_stdout(json.dumps(payload))
+            write_stdout(fastjson.dumps(payload))
         except BaseException:  # last resort: still valid JSON on stdout
             code, msg = 999, "internal error in sluice-cni"
             write_stdout(f'{{"cniVersion":"{CURRENT_VERSION}","code":999,"msg":"{msg}","details":""}}')

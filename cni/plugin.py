@@ -6,8 +6,9 @@ agent's unix socket by `cni.invocation`. stdout carries only the result or the C
 go to stderr.
 
 Start-up cost shapes this module: it is kept small and imports only what VERSION needs (`os`, `sys`,
-`time`, which Python has loaded anyway, plus `select` and the C JSON scanner `_json`), so VERSION
-costs about what `python -c pass` costs. Forwarded commands import the rest lazily.
+`time`, which Python has loaded anyway, plus `select` and the C JSON accelerator `_json` through
+`cni.fastjson`), so VERSION costs about what `python -c pass` costs. Forwarded commands import the
+rest lazily, and nothing heavy either: no `json`, `socket`, `re` or `enum`.
 """
 
 # No `from __future__ import annotations`: on the VERSION path even that import is measurable.
@@ -16,45 +17,12 @@ import os
 import sys
 import time
 
+from cni import fastjson
 from cni.stdio import StdinError, read_stdin, write_stdout
 from cni.versions import CURRENT_VERSION, SUPPORTED_VERSIONS
 
 #: VERSION only reads stdin to echo the requested cniVersion; without it, it answers anyway.
 VERSION_STDIN_TIMEOUT_SECONDS = 2.0
-
-_PLAIN_VERSION_CHARS = frozenset("0123456789.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-+_")
-
-
-class _ScanContext:
-    # The attributes the C JSON scanner reads from its context (json.decoder.JSONDecoder's).
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    parse_float = float
-    parse_int = int
-    parse_constant = float  # 'NaN', 'Infinity', '-Infinity'
-
-
-def _parse_json_cheaply(text: str) -> object:
-    """Parse a JSON document without importing `json` (whose `re` import doubles VERSION's cost).
-
-    Uses the C scanner that `json` itself is built on; falls back to `json` if it is missing.
-    Raises ValueError (or RecursionError) on invalid input.
-    """
-    try:
-        from _json import make_scanner
-    except ImportError:  # a Python built without the accelerator
-        import json
-
-        return json.loads(text)
-    start = len(text) - len(text.lstrip())
-    try:
-        value, end = make_scanner(_ScanContext())(text, start)  # type: ignore[arg-type]
-    except StopIteration as exc:
-        raise ValueError("not a JSON document") from exc
-    if text[end:].strip():
-        raise ValueError("extra data after the JSON document")
-    return value
 
 
 def _requested_version(data: bytes) -> str | None:
@@ -63,7 +31,7 @@ def _requested_version(data: bytes) -> str | None:
         text = data.decode("utf-8")
         if not text.strip():
             return None
-        document = _parse_json_cheaply(text)
+        document = fastjson.loads(text)
     except (ValueError, RecursionError):
         return None
     if isinstance(document, dict):
@@ -71,14 +39,6 @@ def _requested_version(data: bytes) -> str | None:
         if isinstance(version, str) and version:
             return version
     return None
-
-
-def _json_string(value: str) -> str:
-    if all(c in _PLAIN_VERSION_CHARS for c in value):
-        return f'"{value}"'
-    import json
-
-    return json.dumps(value)
 
 
 def _version() -> int:
@@ -94,7 +54,7 @@ def _version() -> int:
         data = b""
     version = _requested_version(data) or CURRENT_VERSION
     supported = ",".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
-    write_stdout(f'{{"cniVersion":{_json_string(version)},"supportedVersions":[{supported}]}}')
+    write_stdout(f'{{"cniVersion":{fastjson.dumps(version)},"supportedVersions":[{supported}]}}')
     return 0
 
 

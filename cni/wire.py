@@ -28,10 +28,11 @@ layer (`cni.protocol`, which the agent uses) and its start-up cost.
 
 from __future__ import annotations
 
-import json
-import socket
 import time
+from _socket import AF_UNIX, SOCK_STREAM
+from _socket import socket as _unix_socket
 
+from cni import fastjson
 from cni.spec import (
     ATTACHMENT_COMMANDS,
     FORWARDED_COMMANDS,
@@ -89,7 +90,7 @@ class AgentHungUp(AgentError):
 def encode_message(message: Mapping[str, Any]) -> bytes:
     """Return `message` as one frame (compact JSON + newline); raise ProtocolError if it cannot be."""
     try:
-        text = json.dumps(message, separators=(",", ":"), allow_nan=False)
+        text = fastjson.dumps(message, compact=True)
     except (TypeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"message cannot be encoded as JSON: {exc}") from exc
     data = text.encode("utf-8") + b"\n"
@@ -108,7 +109,7 @@ def decode_message(frame: bytes) -> dict[str, Any]:
     if not body.strip():
         raise ProtocolError("empty message")
     try:
-        message = json.loads(body.decode("utf-8"))
+        message = fastjson.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"message is not UTF-8: {exc}") from exc
     except (ValueError, RecursionError) as exc:
@@ -236,7 +237,7 @@ def exchange(socket_path: str, message: Mapping[str, Any], timeout: float) -> di
     """
     deadline = time.monotonic() + timeout
     data = encode_message(message)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _unix_socket(AF_UNIX, SOCK_STREAM)
     try:
         try:
             sock.settimeout(_remaining(deadline, socket_path, timeout))

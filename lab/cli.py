@@ -25,6 +25,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("lab", "node", "add"): ("lab.labcli:node_add_main", "add a node to the running lab"),
     ("lab", "node", "remove"): ("lab.labcli:node_remove_main", "remove a node (and its pods)"),
     ("lab", "forward"): ("lab.labcli:forward_main", "(internal) host port forward into a lab namespace"),
+    ("install-cni",): ("cni.install:main", "write the sluice-cni plugin into a CNI bin dir"),
     ("check-config", "agent"): ("ovsagent.config:check_config_main", "validate an agent config"),
     ("check-config", "controller"): ("controller.config:check_config_main", "validate a controller config"),
 }

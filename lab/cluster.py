@@ -388,6 +388,7 @@ def _start_node(store: StateStore, paths: LabPaths, node: NodeRecord, ha: bool) 
                                        str(node.ovs_rundir / f"{daemon}.log"))  # fmt: skip
                 store.update(lambda s, r=rec: s.with_process(r))  # type: ignore[misc]
     kubelet.write_network_config(node)
+    kubelet.install_plugin(node)
     config = {
         "node_name": node.name,
         "kubeconfig": str(paths.fabric_kubeconfig),

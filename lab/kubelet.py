@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cni.install import install_plugin as install_cni_plugin
 from lab import components as comp
 from lab import netns as netns_lib
 from lab.components import LabError, LabPaths
@@ -90,6 +91,16 @@ def network_config(node: NodeRecord) -> dict[str, Any]:
     }
 
 
+def cni_bin_dir(node: NodeRecord) -> Path:
+    """The node's CNI bin directory (what /opt/cni/bin is on a real node)."""
+    return Path(node.dir) / "cni-bin"
+
+
+def install_plugin(node: NodeRecord) -> Path:
+    """Install `sluice-cni` into the node's CNI bin directory, as `sluice install-cni` does on a node."""
+    return install_cni_plugin(cni_bin_dir(node), sys.executable)
+
+
 def write_network_config(node: NodeRecord) -> Path:
     """Write the node's conflist into its directory and return the path."""
     path = Path(node.dir) / "10-sluice.conflist"
@@ -113,7 +124,9 @@ def run_cni(
     stdin: dict[str, Any] = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}
     if runtime_config:
         stdin["runtimeConfig"] = {k: v for k, v in runtime_config.items() if caps.get(k)}
-    binary = comp.program("sluice-cni")
+    binary = cni_bin_dir(node) / "sluice-cni"
+    if not binary.exists():
+        raise LabError(f"{binary} is missing: the node was not set up by this version of `sluice lab up`")
     full_env = {**comp.child_env(), "CNI_COMMAND": command, "CNI_PATH": str(binary.parent), **(env or {})}
     try:
         proc = subprocess.run(

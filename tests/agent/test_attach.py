@@ -25,6 +25,7 @@ from ovsagent.attach import (
 )
 from ovsagent.naming import Key, PodIdentity
 from tests.agent.conftest import BRIDGE, AgentNode
+from tests.conftest import NetnsFactory
 
 GATEWAY = ipaddress.IPv4Address("100.64.1.1")
 MTU = 1442  # 1500 underlay - 58 (Geneve with one option)
@@ -232,3 +233,80 @@ def test_internal_ports_are_lost_with_vswitchd_and_attach_again_restores_them(
     assert lab_netns.link_exists(agent_node.node.netns, spec.port_name)
     att.attach(spec)
     assert att.check(spec) == []
+
+
+@pytest.fixture
+def netns_factory(request: pytest.FixtureRequest) -> NetnsFactory:
+    """The `netns` fixture under another name (in this module `netns` is ovsagent.netns)."""
+    factory: NetnsFactory = request.getfixturevalue("netns")
+    return factory
+
+
+def _pod_config(mac: str = "0a:58:64:40:01:0a") -> netns.InterfaceConfig:
+    return netns.InterfaceConfig("eth0", mac, MTU, ipaddress.IPv4Interface("100.64.1.10/24"), GATEWAY)
+
+
+def test_create_veth_replaces_a_stale_host_end_and_isolates_it(netns_factory: NetnsFactory) -> None:
+    host, pod = netns_factory(), netns_factory()
+    # a leftover of a failed ADD: the host end exists, its peer elsewhere
+    host.ip("link", "add", "vstale0", "type", "veth", "peer", "name", "vstale0p")
+    netns.create_veth("vstale0", str(pod.path), _pod_config(), host_netns=str(host.path))
+
+    assert not lab_netns.link_exists(host.name, "vstale0p")  # the old pair is gone
+    info = lab_netns.link_info(host.name, "vstale0")
+    assert info.mtu == MTU and info.up
+    sysctl = host.exec(
+        "sysctl", "-n", "net.ipv4.conf.vstale0.arp_ignore", "net.ipv6.conf.vstale0.disable_ipv6"
+    )
+    assert sysctl.stdout.split() == ["8", "1"]
+    state = netns.read_interface(str(pod.path), "eth0")
+    assert state is not None
+    assert (state.kind, state.mac, state.mtu, state.up, state.carrier) == (
+        "veth",
+        "0a:58:64:40:01:0a",
+        MTU,
+        True,
+        True,
+    )
+    assert state.addresses == (ipaddress.IPv4Interface("100.64.1.10/24"),)
+    assert (state.default_gateway, state.tx_checksum) == (GATEWAY, False)
+    assert netns.link_mac("vstale0", netns=str(host.path)) == info.mac
+
+
+def test_configure_pod_interface_again_restores_drift(netns_factory: NetnsFactory) -> None:
+    host, pod = netns_factory(), netns_factory()
+    netns.create_veth("vconf0", str(pod.path), _pod_config(), host_netns=str(host.path))
+    pod.ip("link", "set", "dev", "eth0", "down", "mtu", "1400", "address", "0a:58:00:00:00:01")
+    pod.exec("ethtool", "-K", "eth0", "tx", "on")
+
+    netns.configure_pod_interface(str(pod.path), _pod_config())
+    netns.configure_pod_interface(str(pod.path), _pod_config())  # and again: nothing changes
+
+    state = netns.read_interface(str(pod.path), "eth0")
+    assert state is not None
+    assert (state.mac, state.mtu, state.up, state.tx_checksum) == ("0a:58:64:40:01:0a", MTU, True, False)
+    assert state.addresses == (ipaddress.IPv4Interface("100.64.1.10/24"),)
+    assert state.default_gateway == GATEWAY
+
+
+def test_create_veth_failures_name_the_place_and_leave_nothing(netns_factory: NetnsFactory) -> None:
+    host, pod = netns_factory(), netns_factory()
+    netns.create_veth("vfail0", str(pod.path), _pod_config(), host_netns=str(host.path))
+    # the pod already has an eth0: the second veth cannot be made, and nothing is left of it
+    with pytest.raises(
+        netns.NetlinkError, match=rf"cannot create veth vfail1 / {pod.path}:eth0: File exists"
+    ):
+        netns.create_veth("vfail1", str(pod.path), _pod_config(), host_netns=str(host.path))
+    assert not netns.link_exists("vfail1", netns=str(host.path))
+    with pytest.raises(netns.NetnsGone, match="does not exist"):
+        netns.create_veth("vfail2", f"{pod.path}-gone", _pod_config(), host_netns=str(host.path))
+    with pytest.raises(netns.NetlinkError, match=rf"no interface eth1 in {pod.path}"):
+        netns.configure_pod_interface(str(pod.path), dataclasses.replace(_pod_config(), ifname="eth1"))
+    with pytest.raises(netns.NetlinkError, match=rf"no device nope0 in {host.path}"):
+        netns.set_link_up("nope0", netns=str(host.path))
+    # deletes are idempotent, also for a namespace that is gone
+    assert netns.delete_link("vfail0", netns=str(host.path)) is True
+    assert netns.delete_link("vfail0", netns=str(host.path)) is False
+    assert netns.delete_link("eth0", netns=str(pod.path)) is False  # went with its peer
+    assert netns.delete_link("eth0", netns=f"{pod.path}-gone") is False
+    assert netns.link_mac("vfail0", netns=str(host.path)) is None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -19,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from cni.install import install_plugin
 from cni.protocol import ErrorCode, ProtocolError, Request, Response, read_request, write_response
-from tests.support import require
 
 # A 1.1.0-shaped result as the agent returns it: host-side port, the pod interface, v4 and v6.
 AGENT_RESULT: dict[str, Any] = {
@@ -44,21 +46,23 @@ KUBELET_ARGS = (
 CONTAINER_ID = "0123abcd4567ef89"
 
 
+@functools.cache
 def plugin_path() -> Path:
-    """Return the installed `sluice-cni` console script next to the running interpreter."""
-    candidate = Path(sys.executable).parent / "sluice-cni"
-    if candidate.exists():
-        return candidate
-    found = shutil.which("sluice-cni")
-    return Path(found) if found else candidate
+    """The real plugin executable, installed as a node has it (`sluice install-cni`, `cni.install`).
+
+    Installed once per process into a temporary CNI bin dir (removed at exit), run by this
+    interpreter as `-IS`: no site-packages, so every exec also proves the plugin needs nothing
+    outside the standard library.
+    """
+    bin_dir = Path(tempfile.mkdtemp(prefix="sluice-cni-bin-"))
+    atexit.register(shutil.rmtree, bin_dir, True)
+    return install_plugin(bin_dir, sys.executable)
 
 
 @pytest.fixture(scope="session")
 def plugin() -> Path:
     """The real plugin executable, as a runtime would find it in its CNI bin dir."""
-    path = plugin_path()
-    require(path.exists(), f"needs the sluice-cni console script at {path}: run `make venv`")
-    return path
+    return plugin_path()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,8 +27,15 @@ def node(ovs_node_factory: OvsNodeFactory) -> OvsNode:
     return ovs_node_factory("probe")
 
 
-def test_probe_sees_a_pods_flows_only_once_they_are_installed(node: OvsNode) -> None:
+@pytest.fixture
+def probe(node: OvsNode) -> Iterator[FlowProbe]:
+    """A probe on the node's br-int, closed at teardown (a wait starts its monitor thread)."""
     probe = FlowProbe(node.paths.mgmt("br-int"))
+    yield probe
+    probe.close()
+
+
+def test_probe_sees_a_pods_flows_only_once_they_are_installed(node: OvsNode, probe: FlowProbe) -> None:
     web = pod_cookie("default", "web-1")
     assert not probe.has_flows(web)
     flows = render_flows(compile_node(example_cluster(), "node-1"))
@@ -42,18 +50,15 @@ def test_probe_sees_a_pods_flows_only_once_they_are_installed(node: OvsNode) -> 
     # it returned because the flows appeared, not because it gave up
     assert 0.25 <= waited < 5, waited
     assert not probe.has_flows(pod_cookie("default", "web-2"))  # a pod of the other node
-    probe.close()
 
 
-def test_wait_gives_up_after_the_timeout(node: OvsNode) -> None:
-    probe = FlowProbe(node.paths.mgmt("br-int"))
+def test_wait_gives_up_after_the_timeout(probe: FlowProbe) -> None:
     started = time.monotonic()
     assert not probe.wait_for_flows(pod_cookie("default", "never"), timeout=0.4)
     assert 0.4 <= time.monotonic() - started < 2
 
 
-def test_missing_bridge_is_an_error_not_a_false(node: OvsNode) -> None:
-    probe = FlowProbe(node.paths.mgmt("br-int"))
+def test_missing_bridge_is_an_error_not_a_false(node: OvsNode, probe: FlowProbe) -> None:
     assert not probe.has_flows(pod_cookie("default", "web-1"))
     node.del_bridge("br-int")
     with pytest.raises(FlowProbeError, match="cannot query flows"):
