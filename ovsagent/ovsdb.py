@@ -11,8 +11,11 @@ Writes that need ovs-vswitchd to act (a new port needs an ofport) increment `Ope
 in the same transaction, as `ovs-vsctl` does, and the caller then waits until vswitchd reports
 `cur_cfg >= next_cfg`. That wait (about 30 ms on the userspace datapath) is paid once per
 transaction, not per port: `add_pod_ports` and `del_ports` put any number of ports in one
-transaction. The wait is a predicate the IDL thread re-checks after every update, so the thread
-keeps serving other callers meanwhile.
+transaction, and concurrent `add_ports` calls (parallel CNI ADDs) share one: each queues its
+request and the IDL thread commits everything queued by then together (a group commit), so 20
+pods added at once cost a few transactions and vswitchd reconfigurations, not 20 in a row. The
+wait is a predicate the IDL thread re-checks after every update, so the thread keeps serving
+other callers meanwhile.
 
 Only the tables and columns used here are replicated (SchemaHelper.register_columns). The schema
 is fetched from the server (`get_schema`), so it always matches the running ovsdb-server; if the
@@ -142,6 +145,17 @@ class _Waiter:
     future: Future[None]
 
 
+@dataclass(frozen=True, slots=True)
+class _PortAdd:
+    """One caller's `add_ports`, queued to share a transaction with the others pending at the time.
+
+    Its future gets the `next_cfg` to wait for (None when nothing changed) or the error."""
+
+    bridge: str
+    specs: Sequence[PortSpec]
+    future: Future[int | None]
+
+
 def route_python_ovs_logging() -> None:
     """Send python-ovs's vlog messages to the `ovsagent.ovsdb.ovs` logger (idempotent)."""
 
@@ -214,6 +228,7 @@ class Connection:
         self._idl: ovs.db.idl.Idl | None = None
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._jobs_lock = threading.Lock()
+        self._port_adds: list[_PortAdd] = []  # add_ports requests awaiting a shared transaction
         self._waiters: list[_Waiter] = []
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -510,35 +525,110 @@ class Connection:
             raise ValueError(f"duplicate port names in {names}")
         if not specs:
             return {}
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        request = _PortAdd(bridge, tuple(specs), Future())
+        with self._jobs_lock:
+            self._port_adds.append(request)
+        # Every caller queues a flush; the first one to run takes all requests queued by then.
+        self._call(lambda: self._flush_port_adds(deadline), limit)
+        try:
+            next_cfg = request.future.result(max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise OvsdbError(f"add ports {names} to {bridge}: OVSDB did not answer in time") from None
+        if next_cfg is not None:
+            self._wait(
+                lambda: _int(self._root().cur_cfg) >= next_cfg,
+                max(0.0, deadline - time.monotonic()),
+                f"add ports {names} to {bridge}: ovs-vswitchd did not apply configuration {next_cfg}",
+            )
+        return self._ofports(names, max(0.0, deadline - time.monotonic()))
+
+    def _flush_port_adds(self, deadline: float) -> None:
+        """Commit every queued `add_ports` request in ONE transaction (IDL thread).
+
+        Group commit: while one transaction waits for ovsdb-server, concurrent ADDs queue up and
+        then share the next one, and ovs-vswitchd reconfigures once for all of them instead of
+        once per pod. A request that cannot be applied (its bridge is missing, a port exists on
+        another bridge) fails alone; one naming a port that an earlier request of the batch also
+        names waits for the next batch.
+        """
+        with self._jobs_lock:
+            queued, self._port_adds = self._port_adds, []
+        batch: list[_PortAdd] = []
+        later: list[_PortAdd] = []
+        taken: set[str] = set()
+        for request in queued:
+            if request.future.done():
+                continue
+            names = {s.name for s in request.specs}
+            if names & taken:
+                later.append(request)
+                continue
+            try:
+                self._check_port_add(request)
+            except OvsdbError as exc:
+                request.future.set_exception(exc)
+                continue
+            taken |= names
+            batch.append(request)
+        if later:
+            with self._jobs_lock:
+                self._port_adds[:0] = later
+                self._jobs.append((lambda: self._flush_port_adds(deadline), Future()))
+            self._wake()
+        if not batch:
+            return
 
         def build(txn: ovs.db.idl.Transaction) -> bool:
-            idl = self._ready_idl()
-            br = self._find("Bridge", bridge)
-            if br is None:
-                raise OvsdbError(f"bridge {bridge} does not exist")
-            owner = self._port_bridges()
             changed = False
-            for spec in specs:
-                port = self._find("Port", spec.name)
-                if port is not None and owner.get(spec.name) != bridge:
-                    where = owner.get(spec.name)
-                    raise OvsdbError(f"port {spec.name} exists on bridge {where}, not {bridge}")
-                iface = self._find("Interface", spec.name)
-                if port is None or iface is None:
-                    iface = txn.insert(idl.tables["Interface"])
-                    iface.name = spec.name
-                    port = txn.insert(idl.tables["Port"])
-                    port.name = spec.name
-                    port.interfaces = [iface]
-                    br.addvalue("ports", port)
-                    changed = True
-                changed |= _update_interface(iface, spec)
+            for request in batch:
+                changed |= self._build_port_add(txn, request)
             if changed:
                 self._root().increment("next_cfg")
             return changed
 
-        self._transact(build, f"add ports {names} to {bridge}", timeout)
-        return self._ofports(names, timeout)
+        every = [s.name for r in batch for s in r.specs]
+        try:
+            _changed, next_cfg = self._commit_job(build, f"add ports {every}", deadline)
+        except BaseException as exc:
+            for request in batch:
+                request.future.set_exception(exc)
+            return
+        for request in batch:
+            request.future.set_result(next_cfg)
+
+    def _check_port_add(self, request: _PortAdd) -> None:
+        """Raise OvsdbError if `request` cannot be applied to the replica as it is (IDL thread)."""
+        if self._find("Bridge", request.bridge) is None:
+            raise OvsdbError(f"bridge {request.bridge} does not exist")
+        owner = self._port_bridges()
+        for spec in request.specs:
+            where = owner.get(spec.name)
+            if where is not None and where != request.bridge:
+                raise OvsdbError(f"port {spec.name} exists on bridge {where}, not {request.bridge}")
+
+    def _build_port_add(self, txn: ovs.db.idl.Transaction, request: _PortAdd) -> bool:
+        """Add `request`'s ports to the transaction (or bring existing ones to spec); return whether
+        anything changed (IDL thread)."""
+        idl = self._ready_idl()
+        br = self._find("Bridge", request.bridge)
+        if br is None:
+            raise OvsdbError(f"bridge {request.bridge} does not exist")
+        changed = False
+        for spec in request.specs:
+            port = self._find("Port", spec.name)
+            iface = self._find("Interface", spec.name)
+            if port is None or iface is None:
+                iface = txn.insert(idl.tables["Interface"])
+                iface.name = spec.name
+                port = txn.insert(idl.tables["Port"])
+                port.name = spec.name
+                port.interfaces = [iface]
+                br.addvalue("ports", port)
+                changed = True
+            changed |= _update_interface(iface, spec)
+        return changed
 
     def del_ports(self, names: Iterable[str], *, timeout: float | None = None) -> list[str]:
         """Delete the named ports (from whichever bridge) in ONE transaction; return those deleted.
@@ -601,36 +691,7 @@ class Connection:
         """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-
-        def job() -> tuple[bool, int | None]:
-            idl = self._ready_idl()
-            attempts = 0
-            while True:
-                attempts += 1
-                txn = ovs.db.idl.Transaction(idl)
-                try:
-                    changed = build(txn)
-                except BaseException:
-                    txn.abort()
-                    raise
-                if not changed:
-                    txn.abort()
-                    return False, None
-                txn.add_comment(f"sluice-agent: {what}")
-                status = _commit(idl, txn, deadline)
-                if status == txn.SUCCESS:
-                    return True, txn.get_increment_new_value()
-                if status == txn.UNCHANGED:
-                    return False, None
-                if status == txn.TRY_AGAIN and time.monotonic() < deadline:
-                    log.debug("%s: TRY_AGAIN (attempt %d), retrying", what, attempts)
-                    # A reconnect between Idl.run() calls leaves commit_block() answering
-                    # TRY_AGAIN until the IDL runs again (ovsdbapp does the same).
-                    idl.run()
-                    continue
-                raise OvsdbError(f"{what} failed: {txn.get_error()} (after {attempts} attempts)")
-
-        changed, next_cfg = self._call(job, limit)
+        changed, next_cfg = self._call(lambda: self._commit_job(build, what, deadline), limit)
         if next_cfg is not None:
             remaining = max(0.0, deadline - time.monotonic())
             self._wait(
@@ -639,6 +700,38 @@ class Connection:
                 f"{what}: ovs-vswitchd did not apply configuration {next_cfg}",
             )
         return changed
+
+    def _commit_job(
+        self, build: Callable[[ovs.db.idl.Transaction], bool], what: str, deadline: float
+    ) -> tuple[bool, int | None]:
+        """Compose (`build`) and commit one transaction on the IDL thread; return (changed, the new
+        next_cfg if `build` incremented it). TRY_AGAIN is retried until the deadline."""
+        idl = self._ready_idl()
+        attempts = 0
+        while True:
+            attempts += 1
+            txn = ovs.db.idl.Transaction(idl)
+            try:
+                changed = build(txn)
+            except BaseException:
+                txn.abort()
+                raise
+            if not changed:
+                txn.abort()
+                return False, None
+            txn.add_comment(f"sluice-agent: {what}")
+            status = _commit(idl, txn, deadline)
+            if status == txn.SUCCESS:
+                return True, txn.get_increment_new_value()
+            if status == txn.UNCHANGED:
+                return False, None
+            if status == txn.TRY_AGAIN and time.monotonic() < deadline:
+                log.debug("%s: TRY_AGAIN (attempt %d), retrying", what, attempts)
+                # A reconnect between Idl.run() calls leaves commit_block() answering
+                # TRY_AGAIN until the IDL runs again (ovsdbapp does the same).
+                idl.run()
+                continue
+            raise OvsdbError(f"{what} failed: {txn.get_error()} (after {attempts} attempts)")
 
     def _ofports(self, names: Sequence[str], timeout: float | None) -> dict[str, int]:
         def assigned() -> bool:
@@ -730,9 +823,13 @@ class Connection:
         closed = OvsdbError(f"OVSDB connection to {self.target} closed")
         with self._jobs_lock:
             jobs, self._jobs = self._jobs, []
+            port_adds, self._port_adds = self._port_adds, []
         for _fn, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(closed)
+        for request in port_adds:
+            if not request.future.done():
+                request.future.set_exception(closed)
         for waiter in self._waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(closed)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -184,6 +188,65 @@ def test_concurrent_callers_each_get_their_ports(agent_node: AgentNode) -> None:
     ofports = [p for r in results for p in r.values()]
     assert len(ofports) == 16 and len(set(ofports)) == 16
     assert len(ovsdb.ports_by_external_ids()) == 16
+
+
+def _add_port_transactions(node: OvsNode) -> list[str]:
+    """The comments of the agent's add-ports transactions in the database log, oldest first."""
+    comments = []
+    for line in node.paths.db.read_text().splitlines():
+        if line.startswith("{") and "sluice-agent: add ports" in line:
+            comments.append(json.loads(line)["_comment"])
+    return comments
+
+
+def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run `calls` concurrently while the IDL thread is held busy, until all have queued their
+    requests; then let it go. Returns their results (or exceptions), in order."""
+    gate = threading.Event()
+    with ThreadPoolExecutor(max_workers=len(calls) + 1) as pool:
+        blocker = pool.submit(ovsdb._call, lambda: gate.wait(10), 15)
+        futures = [pool.submit(call) for call in calls]
+        deadline = time.monotonic() + 10
+        while len(ovsdb._port_adds) < len(calls) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        queued = len(ovsdb._port_adds)
+        gate.set()
+        blocker.result()
+        assert queued == len(calls), f"only {queued} of {len(calls)} requests queued"
+        return [f.exception() or f.result() for f in futures]
+
+
+def test_concurrent_adds_share_one_transaction(agent_node: AgentNode) -> None:
+    ovsdb = agent_node.ovsdb
+    before = _add_port_transactions(agent_node.node)
+
+    def add(i: int) -> Callable[[], dict[str, int]]:
+        return lambda: ovsdb.add_pod_ports(BRIDGE, [PortSpec(f"g{i}", "internal")])
+
+    results = _queued_behind_a_busy_idl_thread(ovsdb, [add(i) for i in range(8)])
+    assert all(isinstance(r, dict) for r in results), results
+    ofports = [r[f"g{i}"] for i, r in enumerate(results)]
+    assert len(set(ofports)) == 8 and all(p > 0 for p in ofports)
+    [shared] = _add_port_transactions(agent_node.node)[len(before) :]
+    assert all(f"'g{i}'" in shared for i in range(8)), shared
+
+
+def test_a_bad_request_in_a_shared_transaction_fails_alone(agent_node: AgentNode) -> None:
+    ovsdb = agent_node.ovsdb
+    same = PortSpec("dup0", "internal")
+    results = _queued_behind_a_busy_idl_thread(
+        ovsdb,
+        [
+            lambda: ovsdb.add_pod_ports(BRIDGE, [PortSpec("ok0", "internal")]),
+            lambda: ovsdb.add_pod_ports("br-nope", [PortSpec("lost0", "internal")]),
+            lambda: ovsdb.add_pod_ports(BRIDGE, [same]),
+            lambda: ovsdb.add_pod_ports(BRIDGE, [same]),  # same port again: waits for the next batch
+        ],
+    )
+    assert isinstance(results[0], dict) and results[0]["ok0"] > 0
+    assert isinstance(results[1], OvsdbError) and "bridge br-nope does not exist" in str(results[1])
+    assert isinstance(results[2], dict) and results[2] == results[3]
+    assert ovsdb.port("lost0") is None
 
 
 def test_calls_after_close_fail_clearly_and_start_reconnects(agent_node: AgentNode) -> None:
