@@ -420,12 +420,8 @@ def create_veth(
             try:
                 _configure_pod(pod_netns, cfg, mac_mtu_set=True)
                 isolate_host_end(host_name, netns=host_netns)
-                try:
-                    host.set_link(_ifinfo(up=True) + _name_attr(host_name))
-                except OSError as exc:
-                    if exc.errno == errno.ENODEV:
-                        raise NetlinkError(f"veth {host_name} vanished right after creation") from None
-                    raise NetlinkError(f"veth {host_name} in {_where(host_netns)}: {exc.strerror}") from None
+                vanished = f"veth {host_name} vanished right after creation"
+                _bring_up(host, host_name, host_netns, missing=vanished)
             except BaseException:
                 with contextlib.suppress(Exception):
                     host.delete_link(host_name)
@@ -535,12 +531,17 @@ def _configure_pod(pod_netns: str, cfg: InterfaceConfig, *, mac_mtu_set: bool) -
 def set_link_up(name: str, *, netns: str | None = None) -> None:
     """Bring device `name` in `netns` up; raises NetlinkError if it does not exist."""
     with _rtnl(netns) as rtnl:
-        try:
-            rtnl.set_link(_ifinfo(up=True) + _name_attr(name))
-        except OSError as exc:
-            if exc.errno == errno.ENODEV:
-                raise NetlinkError(f"no device {name} in {_where(netns)}") from None
-            raise NetlinkError(f"cannot bring {name} up in {_where(netns)}: {exc.strerror}") from None
+        _bring_up(rtnl, name, netns, missing=f"no device {name} in {_where(netns)}")
+
+
+def _bring_up(rtnl: _Rtnl, name: str, netns: str | None, *, missing: str) -> None:
+    """Set device `name` up through `rtnl`; NetlinkError(`missing`) if there is no such device."""
+    try:
+        rtnl.set_link(_ifinfo(up=True) + _name_attr(name))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            raise NetlinkError(missing) from None
+        raise NetlinkError(f"cannot bring {name} up in {_where(netns)}: {exc.strerror}") from None
 
 
 def link_exists(name: str, *, netns: str | None = None) -> bool:
