@@ -111,6 +111,11 @@ def spawn(
     stdout and stderr go to `log` (stdout to `stdout` if given). The process outlives this one;
     it is stopped by PID through its record. Raises LabStateError if it dies at once."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    # Each component's temporary files (the kubernetes client writes the kubeconfig's CA to one,
+    # which a component killed with SIGKILL never removes) stay in the lab's state: `lab down`
+    # removes them with it.
+    tmpdir = log.with_name(f"{log.stem}.tmp")
+    tmpdir.mkdir(exist_ok=True)
     cmd = ["ip", "netns", "exec", netns, *argv] if netns else argv
     with open(log, "ab") as err, open(stdout or log, "ab") as out:
         proc = subprocess.Popen(
@@ -118,7 +123,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            env=child_env(),
+            env={**child_env(), "TMPDIR": str(tmpdir)},
             start_new_session=True,  # a Ctrl-C at the terminal must not reach the lab's daemons
         )
     # `ip netns exec` execs the program in place, so the PID is the program's; wait for the exec.

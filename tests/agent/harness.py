@@ -173,6 +173,9 @@ class AgentBed:
                         for k, v in os.environ.items()
                         if not k.startswith("SLUICE_AGENT_") and k != "SLUICE_TEST_CRASH_AT"
                     },
+                    # The kubernetes client writes the kubeconfig's CA to a temporary file, which
+                    # an agent killed with SIGKILL never removes: keep it inside the bed.
+                    "TMPDIR": str(self.tmp),
                     **(env or {}),
                 },
             )

@@ -214,6 +214,9 @@ class ControllerProcess:
         self.runs += 1
         self.log_path = self.workdir / f"{self.identity}-{self.runs}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_CONTROLLER_")}
+        # The kubernetes client writes the kubeconfig's CA to a temporary file, which a controller
+        # killed with SIGKILL never removes: keep it inside the test's work directory.
+        env["TMPDIR"] = str(self.workdir)
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(CONTROLLER_BIN), "--config", str(self.config)],
