@@ -37,9 +37,14 @@ def enter_netns(name: str) -> None:
         os.close(fd)
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None = None) -> None:
+    """Copy bytes from `src` to `dst` until either side ends, then shut both down.
+
+    With `gate`, every chunk waits until the gate is set (a paused relay holds the bytes)."""
     try:
         while data := src.recv(65536):
+            if gate is not None:
+                gate.wait()
             dst.sendall(data)
     except OSError:
         pass
@@ -62,7 +67,7 @@ def _serve(listener: socket.socket, target: tuple[str, int]) -> None:
             down.close()
             continue
         for a, b in ((down, up), (up, down)):
-            threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
 
 def main(argv: list[str]) -> int:

@@ -11,13 +11,12 @@ connections simulates a controller or switch going away or going silent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import socket
 import threading
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from lab.forward import enter_netns, pump
+
 DEFAULT_LISTEN_PORT = 6653  # the IANA OpenFlow port, where a bridge looks for its controller
 
 
@@ -32,13 +31,7 @@ def socket_in_netns(netns: str, address: tuple[str, int]) -> socket.socket:
         # setns(CLONE_NEWNET) changes the namespace of the calling thread only; the thread ends
         # right after, and the socket stays in the namespace it was created in.
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
-            finally:
-                os.close(fd)
+            enter_netns(netns)
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
@@ -89,19 +82,7 @@ class Relay:
                     return
                 self._conns |= {down, up}
             for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self._flowing.wait()
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                threading.Thread(target=pump, args=(a, b, self._flowing), daemon=True).start()
 
     def pause(self) -> None:
         """Hold every byte in both directions (a switch that stopped answering)."""
