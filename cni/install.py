@@ -91,9 +91,11 @@ def install_plugin(bin_dir: Path, python: str, name: str = DEFAULT_NAME) -> Path
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    _replace_file(bin_dir / name, LAUNCHER.format(python=python, name=name, lib=str(lib)), 0o755)
-    _prune(lib_root, keep=lib)
-    return bin_dir / name
+    launcher = bin_dir / name
+    previous = _library_of(launcher, lib_root)
+    _replace_file(launcher, LAUNCHER.format(python=python, name=name, lib=str(lib)), 0o755)
+    _prune(lib_root, keep={lib, previous})
+    return launcher
 
 
 def _replace_file(path: Path, text: str, mode: int) -> None:
@@ -112,15 +114,22 @@ def _replace_file(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def _prune(lib_root: Path, keep: Path) -> None:
-    """Remove library directories but `keep` and the newest other one (a plugin may still use it)."""
-    others = sorted(
-        (d for d in lib_root.iterdir() if d.is_dir() and d != keep),
-        key=lambda d: d.stat().st_mtime,
-        reverse=True,
-    )
-    for old in others[1:]:
-        shutil.rmtree(old, ignore_errors=True)
+def _library_of(launcher: Path, lib_root: Path) -> Path | None:
+    """The library directory that the installed `launcher` points at, or None (no launcher yet)."""
+    try:
+        text = launcher.read_text()
+    except FileNotFoundError:
+        return None
+    return next((d for d in lib_root.iterdir() if d.is_dir() and repr(str(d)) in text), None)
+
+
+def _prune(lib_root: Path, keep: set[Path | None]) -> None:
+    """Remove the library directories not in `keep`: the new one, and the one the launcher named
+    until now (a plugin started just before the switch may still import from it). Staging
+    directories of an install in progress are left alone."""
+    for old in lib_root.iterdir():
+        if old.is_dir() and old not in keep and not old.name.startswith(".staging-"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
