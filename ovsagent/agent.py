@@ -448,7 +448,7 @@ class Agent:
         cid, ifname = request.container_id, request.ifname
         # the gate keeps a periodic resync out while an address exists without its port
         with self.gate.shared(), self.locks.hold(cid, pod.port_name):
-            self._take_over_port(pod, cid, ifname, ipam)
+            ours = self._take_over_port(pod, cid, ifname, ipam)
             owner = Owner(cid, ifname, pod.namespace, pod.name, pod.uid)
             allocation = _allocate(ipam, owner, _requested_ip(request))
             self.crash_hook(Stage.ADD_IP_RESERVED)
@@ -462,7 +462,7 @@ class Agent:
                 host_netns=self.host_netns,
                 on_stage=self.crash_hook,
             )
-            if self.ovsdb.port(pod.port_name) is not None and not attachment.check(spec):
+            if ours and not attachment.check(spec):
                 log.debug("ADD %s: %s already attached, nothing to do", cid, pod.port_name)
             else:
                 try:
@@ -493,11 +493,12 @@ class Agent:
             )
         return self._result(identity, node)
 
-    def _take_over_port(self, pod: PodRef, cid: str, ifname: str, ipam: Ipam) -> None:
-        """Refuse a port of another pod; replace one left by this pod's earlier sandbox."""
+    def _take_over_port(self, pod: PodRef, cid: str, ifname: str, ipam: Ipam) -> bool:
+        """Refuse a port of another pod; replace one left by this pod's earlier sandbox. Return
+        whether a port of this very attachment (a retried ADD) is in place."""
         record = self.ovsdb.port(pod.port_name)
         if record is None:
-            return
+            return False
         ids = record.external_ids
         if (ids.get(Key.NAMESPACE), ids.get(Key.NAME)) != (pod.namespace, pod.name):
             raise CniError(
@@ -507,7 +508,7 @@ class Agent:
             )
         old = (ids.get(Key.CONTAINER_ID, ""), ids.get(Key.IFNAME, ""))
         if old == (cid, ifname):
-            return
+            return True
         log.warning(
             "pod %s/%s: replacing the attachment of earlier sandbox %s/%s (never deleted) by %s/%s",
             pod.namespace, pod.name, old[0], old[1], cid, ifname,
@@ -518,6 +519,7 @@ class Agent:
             raise CniError(AgentCode.ATTACH_FAILED, str(exc)) from None
         if old[0] and old[1]:
             ipam.release(Attachment(*old))
+        return False
 
     def _publish(self, request: Request, pod: PodRef, identity: PodIdentity) -> None:
         status = [

@@ -37,7 +37,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,19 +141,26 @@ class BridgeRecord:
 
 @dataclass(frozen=True, slots=True)
 class _Waiter:
+    """A caller blocked until `predicate()` holds on the replica; its future then gets `result()`
+    (both run on the IDL thread). A waiter whose future is already done (its caller gave up) is
+    dropped at the next check."""
+
     predicate: Callable[[], bool]
-    future: Future[None]
+    future: Future[Any]
+    result: Callable[[], Any] = lambda: None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _PortAdd:
     """One caller's `add_ports`, queued to share a transaction with the others pending at the time.
 
-    Its future gets the `next_cfg` to wait for (None when nothing changed) or the error."""
+    The IDL thread takes it from commit to vswitchd's answer: its future gets the ports'
+    ofports, or the error. `committed` says how far it got (for a timeout's message)."""
 
     bridge: str
     specs: Sequence[PortSpec]
-    future: Future[int | None]
+    future: Future[dict[str, int]]
+    committed: bool = False
 
 
 def route_python_ovs_logging() -> None:
@@ -525,24 +532,24 @@ class Connection:
             raise ValueError(f"duplicate port names in {names}")
         if not specs:
             return {}
+        if self._thread is None:
+            raise OvsdbError(f"OVSDB connection to {self.target} is not started")
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         request = _PortAdd(bridge, tuple(specs), Future())
+        # Every caller queues a flush; the first one to run takes all requests queued by then,
+        # commits them together and leaves each one a waiter for vswitchd's answer. The caller
+        # hands over once and is woken once, with the ofports (one IDL-thread round trip).
         with self._jobs_lock:
             self._port_adds.append(request)
-        # Every caller queues a flush; the first one to run takes all requests queued by then.
-        self._call(lambda: self._flush_port_adds(deadline), limit)
+            self._jobs.append((lambda: self._flush_port_adds(deadline), Future()))
+        self._wake()
         try:
-            next_cfg = request.future.result(max(0.0, deadline - time.monotonic()))
+            return request.future.result(limit)
         except FutureTimeout:
-            raise OvsdbError(f"add ports {names} to {bridge}: OVSDB did not answer in time") from None
-        if next_cfg is not None:
-            self._wait(
-                lambda: _int(self._root().cur_cfg) >= next_cfg,
-                max(0.0, deadline - time.monotonic()),
-                f"add ports {names} to {bridge}: ovs-vswitchd did not apply configuration {next_cfg}",
-            )
-        return self._ofports(names, max(0.0, deadline - time.monotonic()))
+            request.future.cancel()  # its waiter, if any, is dropped at the next check
+            what = "ovs-vswitchd did not open them" if request.committed else "OVSDB did not answer"
+            raise OvsdbError(f"add ports {names} to {bridge}: {what} within {limit:.1f}s") from None
 
     def _flush_port_adds(self, deadline: float) -> None:
         """Commit every queued `add_ports` request in ONE transaction (IDL thread).
@@ -567,8 +574,8 @@ class Connection:
                 continue
             try:
                 self._check_port_add(request)
-            except OvsdbError as exc:
-                request.future.set_exception(exc)
+            except Exception as exc:  # OvsdbError; anything else must not leave the caller hanging
+                _settle(request.future, error=exc)
                 continue
             taken |= names
             batch.append(request)
@@ -593,10 +600,37 @@ class Connection:
             _changed, next_cfg = self._commit_job(build, f"add ports {every}", deadline)
         except BaseException as exc:
             for request in batch:
-                request.future.set_exception(exc)
+                _settle(request.future, error=exc)
             return
         for request in batch:
-            request.future.set_result(next_cfg)
+            request.committed = True
+            self._await_ports(request, next_cfg)
+
+    def _await_ports(self, request: _PortAdd, next_cfg: int | None) -> None:
+        """Resolve `request` once vswitchd has applied `next_cfg` (None: nothing changed) and
+        given each port an ofport (IDL thread)."""
+        names = [s.name for s in request.specs]
+
+        def opened() -> bool:
+            if next_cfg is not None and _int(self._root().cur_cfg) < next_cfg:
+                return False
+            return all((i := self._interface(n)) is not None and _ofport(i) is not None for n in names)
+
+        def ofports() -> dict[str, int]:
+            out: dict[str, int] = {}
+            failed = []
+            for name in names:
+                record = self._port_record(name)
+                if record is None or record.ofport is None or record.ofport < 0:
+                    failed.append(f"{name}: {record.error if record else 'gone'}")
+                else:
+                    out[name] = record.ofport
+            if failed:
+                raise OvsdbError("ovs-vswitchd could not open " + "; ".join(failed))
+            return out
+
+        if not request.future.done():  # else the caller gave up meanwhile
+            self._waiters.append(_Waiter(opened, request.future, ofports))
 
     def _check_port_add(self, request: _PortAdd) -> None:
         """Raise OvsdbError if `request` cannot be applied to the replica as it is (IDL thread)."""
@@ -733,27 +767,6 @@ class Connection:
                 continue
             raise OvsdbError(f"{what} failed: {txn.get_error()} (after {attempts} attempts)")
 
-    def _ofports(self, names: Sequence[str], timeout: float | None) -> dict[str, int]:
-        def assigned() -> bool:
-            for name in names:
-                iface = self._interface(name)
-                if iface is None or _ofport(iface) is None:
-                    return False
-            return True
-
-        self._wait(assigned, timeout, f"interfaces {list(names)} got no ofport")
-        records = self._call(lambda: [self._port_record(n) for n in names], None)
-        out: dict[str, int] = {}
-        failed = []
-        for name, record in zip(names, records, strict=True):
-            if record is None or record.ofport is None or record.ofport < 0:
-                failed.append(f"{name}: {record.error if record else 'gone'}")
-            else:
-                out[name] = record.ofport
-        if failed:
-            raise OvsdbError("ovs-vswitchd could not open " + "; ".join(failed))
-        return out
-
     # ------------------------------------------------------------------------------------------
     # The IDL thread
 
@@ -828,11 +841,9 @@ class Connection:
             if future.set_running_or_notify_cancel():
                 future.set_exception(closed)
         for request in port_adds:
-            if not request.future.done():
-                request.future.set_exception(closed)
+            _settle(request.future, error=closed)
         for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_exception(closed)
+            _settle(waiter.future, error=closed)
         self._waiters = []
 
     def _run_jobs(self) -> None:
@@ -849,15 +860,17 @@ class Connection:
     def _check_waiters(self) -> None:
         still = []
         for waiter in self._waiters:
-            try:
-                done = waiter.predicate()
-            except Exception as exc:
-                waiter.future.set_exception(exc)
+            if waiter.future.done():
                 continue
-            if done:
-                waiter.future.set_result(None)
-            else:
-                still.append(waiter)
+            try:
+                if not waiter.predicate():
+                    still.append(waiter)
+                    continue
+                value = waiter.result()
+            except Exception as exc:
+                _settle(waiter.future, error=exc)
+                continue
+            _settle(waiter.future, value)
         self._waiters = still
 
     # ------------------------------------------------------------------------------------------
@@ -972,6 +985,15 @@ def _col(row: Any, column: str, default: Any) -> Any:
     if isinstance(value, list | tuple | set):
         return list(value)
     return value
+
+
+def _settle(future: Future[Any], value: Any = None, *, error: BaseException | None = None) -> None:
+    """Give `future` its result (or `error`) unless its caller has already given up on it."""
+    with contextlib.suppress(InvalidStateError):  # cancelled (or settled) meanwhile
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 def _ofport(iface: Any) -> int | None:

@@ -104,6 +104,8 @@ def test_node_setup_bridge_gateway_tunnel_and_annotations(veth_bed: AgentBed) ->
     # the socket: mode 0600
     mode = stat.S_IMODE(os.stat(bed.socket_path).st_mode)
     assert mode == 0o600
+    # a clean start: no third-party deprecation notice (python-ovs importing eventlet) in the log
+    assert "Eventlet is deprecated" not in bed.agent.log()
 
 
 def test_add_waits_for_flows_then_pod_pings_gateway_and_retry_is_identical(bed: AgentBed) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -214,6 +216,25 @@ def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[],
         blocker.result()
         assert queued == len(calls), f"only {queued} of {len(calls)} requests queued"
         return [f.exception() or f.result() for f in futures]
+
+
+def test_a_caller_that_gives_up_on_vswitchd_leaves_nothing_waiting(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    vswitchd = node.pids.vswitchd
+    assert vswitchd is not None
+    os.kill(vswitchd, signal.SIGSTOP)  # ovsdb-server commits; nobody opens the port
+    try:
+        gave_up = r"'slow0'\] to br-int: ovs-vswitchd did not open them within 0.5s"
+        with pytest.raises(OvsdbError, match=gave_up):
+            ovsdb.add_pod_ports(BRIDGE, [PortSpec("slow0", "internal")], timeout=0.5)
+        # the abandoned caller's waiter goes at the IDL loop's next pass, though its port is
+        # still not open: nothing accumulates while vswitchd is stuck
+        ovsdb._call(lambda: None, 1.0)
+        assert ovsdb._call(lambda: list(ovsdb._waiters), 1.0) == []
+    finally:
+        os.kill(vswitchd, signal.SIGCONT)
+    # the port was committed: once vswitchd runs again, a retry finds it open
+    assert ovsdb.add_pod_ports(BRIDGE, [PortSpec("slow0", "internal")], timeout=5.0)["slow0"] > 0
 
 
 def test_concurrent_adds_share_one_transaction(agent_node: AgentNode) -> None:
