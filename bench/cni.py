@@ -1,7 +1,7 @@
 """Benchmark: CNI ADD and DEL latency of Sluice against the reference `bridge` + `host-local` plugins.
 
 Run (root, OVS and containernetworking-plugins installed): `.venv/bin/python -m bench.cni`
-(`--sequential 50 --concurrent 20 --startup-runs 40` are the defaults).
+(`--sequential 50 --concurrent 20 --rounds 3 --startup-runs 40` are the defaults).
 
 One run, one machine, both sides measured the same way (exec of the plugin binary to its exit,
 CNI_* environment and config on stdin, a fresh network namespace per pod created beforehand):
@@ -16,22 +16,31 @@ CNI_* environment and config on stdin, a fresh network namespace per pod created
 * Reference: `/usr/lib/cni/bridge` with `host-local` IPAM (`isGateway`, its own podCIDR), run in
   a namespace of its own.
 
-For each: 50 sequential ADDs then their 50 DELs, then 20 concurrent ADDs then 20 concurrent DELs;
-p50 and p99 (nearest rank) in milliseconds, and the ratio Sluice/reference. Then the plugin's
-start-up: exec to exit of `sluice-cni` for VERSION against `python -c pass` with the same
-interpreter (the issue's baseline) and against `python -IS -c pass` (the floor of any Python
-plugin, started as the installed one is), medians of interleaved runs. Targets (docs/cni.md): ADD p50 <=
-2.0x, concurrent ADD p99 <= 3.0x, VERSION <= 1.3x. Not a test: the numbers depend on the machine.
+Both are set up first and then measured interleaved, so that a slow spell of a shared machine
+hits both sides alike: 50 sequential ADDs in alternating blocks of 5 reference and 5 Sluice ADDs
+(which side goes first alternates too, with a 50 ms pause between blocks so one side's trailing
+work does not land in the other's measurement), then their DELs the same way; then 3 rounds of
+20 concurrent ADDs and of their 20 concurrent DELs, each round running both sides one after the
+other (alternating which goes first). p50 and p99 (nearest rank) in milliseconds and the ratio
+Sluice/reference; for the concurrent rows p50 is over all rounds' calls and p99 is the median
+of the rounds' p99s, so one round caught by a burst of load elsewhere does not decide it. Then
+the plugin's start-up: exec to exit of `sluice-cni` for VERSION against `python -c pass` with
+the same interpreter (the issue's baseline) and against `python -IS -c pass` (the floor of any
+Python plugin, started as the installed one is), medians of interleaved runs. Targets
+(docs/cni.md): ADD p50 <= 2.0x, concurrent ADD p99 <= 3.0x, VERSION <= 1.3x. Not a test: the
+numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import json
 import os
 import queue
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +65,11 @@ from tests.cni.conftest import plugin_path
 REFERENCE_DIR = Path("/usr/lib/cni")
 REFERENCE_SUBNET = "100.64.200.0/24"
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+# Sequential calls alternate between the sides in blocks this long, each block after a pause in
+# which what the other side's last call set going (Sluice's stand-in bookkeeping, OVSDB
+# updates) can finish, so neither side is measured while the other one's tail still runs.
+SEQUENTIAL_BLOCK = 5
+SETTLE_SECONDS = 0.05
 
 
 def timed_exec(plugin: Path, env: dict[str, str], config: dict[str, Any]) -> tuple[float, str]:
@@ -150,8 +164,9 @@ class WatchingStandIn:
     def _seen(self, name: str, annotations: dict[str, str] | None) -> None:
         status = (annotations or {}).get(NETWORK_STATUS)
         with self._lock:
-            if not status:
+            if not status:  # DEL unpublished it: the controller would compile it no more
                 self._done.discard(name)
+                self._pods.pop(name, None)
                 return
             if name in self._done:
                 return
@@ -208,100 +223,162 @@ def _sluice_args(pod: str) -> str:
     return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod}"
 
 
-def measure_sluice(bed: AgentBed, sequential: int, concurrent: int) -> dict[str, list[float]]:
-    """ADD (until ready) and DEL latencies in seconds of Sluice pods, sequential then concurrent."""
-    out: dict[str, list[float]] = {}
+class Side:
+    """One CNI under measurement: its pods (name -> netns path) and how to call its plugin."""
 
-    plugin = plugin_path()
-    config = {
-        "cniVersion": "1.0.0",
-        "name": "sluice",
-        "type": "sluice-cni",
-        "agentSocket": str(bed.socket_path),
-        "timeoutSeconds": 60,
-    }
+    label = ""
 
-    def call(command: str, pod: str) -> float:
+    def __init__(self) -> None:
+        self.pods: dict[str, str] = {}
+
+    def create(self, pod: str) -> None:
+        """Make `pod` ready to be added (its sandbox, and what else the side needs)."""
+        raise NotImplementedError
+
+    def call(self, command: str, pod: str) -> float:
+        """Exec the plugin for `pod`; return the seconds from exec to exit."""
+        raise NotImplementedError
+
+    def call_many(self, command: str, pods: list[str]) -> list[float]:
+        """`call` for all `pods` at once; return their latencies."""
+        raise NotImplementedError
+
+
+class SluiceSide(Side):
+    """The installed `sluice-cni` and the real agent of `bed`, flows from a `WatchingStandIn`."""
+
+    label = "sluice"
+
+    def __init__(self, bed: AgentBed, stand_in: WatchingStandIn, concurrent: int) -> None:
+        super().__init__()
+        self.bed, self.stand_in = bed, stand_in
+        self.plugin = plugin_path()
+        self.config = {
+            "cniVersion": "1.0.0",
+            "name": "sluice",
+            "type": "sluice-cni",
+            "agentSocket": str(bed.socket_path),
+            "timeoutSeconds": 60,
+        }
+        self.pool = ThreadPoolExecutor(max_workers=concurrent)
+        self.phases: dict[str, list[float]] = {"phase_plumb": [], "phase_stand_in": [], "phase_ready": []}
+
+    def create(self, pod: str) -> None:
+        """The Pod in the API server and its sandbox."""
+        self.pods[pod] = self.bed.create_pod(pod)
+
+    def call(self, command: str, pod: str) -> float:
         env = {
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": f"c-{pod}",
-            "CNI_NETNS": bed.pods[pod],
+            "CNI_NETNS": self.pods[pod],
             "CNI_IFNAME": "eth0",
             "CNI_PATH": "/opt/cni/bin",
             "CNI_ARGS": _sluice_args(pod),
         }
-        return timed_exec(plugin, env, config)[0]
+        return timed_exec(self.plugin, env, self.config)[0]
 
-    seq = [f"seq-{i}" for i in range(sequential)]
-    par = [f"par-{i}" for i in range(concurrent)]
-    for pod in seq + par:
-        bed.create_pod(pod)
-    with WatchingStandIn(bed) as stand_in:
-        bed.create_pod("warm-up")
-        call("ADD", "warm-up")
-        call("DEL", "warm-up")
-        started: dict[str, float] = {}
-        add_seq = []
-        for p in seq:
-            started[p] = time.monotonic()
-            add_seq.append(call("ADD", p))
-            done = started[p] + add_seq[-1]
-            out.setdefault("phase_plumb", []).append(stand_in.seen_at[p] - started[p])
-            installed = stand_in.installed(p)
-            out.setdefault("phase_stand_in", []).append(installed - stand_in.seen_at[p])
-            out.setdefault("phase_ready", []).append(done - installed)
-        out["add_seq"] = add_seq
-        out["del_seq"] = [call("DEL", p) for p in seq]
-        try:
-            with ThreadPoolExecutor(max_workers=concurrent) as pool:
-                out["add_par"] = list(pool.map(lambda p: call("ADD", p), par))
-                out["del_par"] = list(pool.map(lambda p: call("DEL", p), par))
-        finally:
-            for exc in stand_in.errors:
-                print(f"controller stand-in: {exc!r}", file=sys.stderr)
-        if stand_in.errors:
-            raise RuntimeError(f"controller stand-in failed: {stand_in.errors[0]}")
-    return out
+    def call_many(self, command: str, pods: list[str]) -> list[float]:
+        return list(self.pool.map(lambda p: self.call(command, p), pods))
+
+    def add_timed(self, pod: str) -> float:
+        """A sequential ADD, split into its phases (recorded in `phases`)."""
+        started = time.monotonic()
+        elapsed = self.call("ADD", pod)
+        seen, installed = self.stand_in.seen_at[pod], self.stand_in.installed(pod)
+        self.phases["phase_plumb"].append(seen - started)
+        self.phases["phase_stand_in"].append(installed - seen)
+        self.phases["phase_ready"].append(started + elapsed - installed)
+        return elapsed
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
-def measure_reference(
-    make_netns: Callable[..., lab_netns.Netns], tmp: Path, sequential: int, concurrent: int
-) -> dict[str, list[float]]:
-    """ADD and DEL latencies in seconds of `bridge` + `host-local` pods, sequential then concurrent."""
-    host = make_netns()
-    in_host = InNetns(f"/run/netns/{host.name}", workers=concurrent)
-    config = {
-        "cniVersion": "1.0.0",
-        "name": "reference",
-        "type": "bridge",
-        "bridge": "cni-ref0",
-        "isGateway": True,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": REFERENCE_SUBNET}]], "dataDir": str(tmp)},
-    }
-    pods = {f"ref-{i}": str(make_netns().path) for i in range(sequential + concurrent + 1)}
+class ReferenceSide(Side):
+    """`/usr/lib/cni/bridge` with `host-local` IPAM, called from a namespace of its own."""
 
-    def call(command: str, pod: str) -> float:
+    label = "ref"
+
+    def __init__(self, make_netns: Callable[..., lab_netns.Netns], tmp: Path, concurrent: int) -> None:
+        super().__init__()
+        self.make_netns = make_netns
+        self.host = InNetns(f"/run/netns/{make_netns().name}", workers=concurrent)
+        self.config = {
+            "cniVersion": "1.0.0",
+            "name": "reference",
+            "type": "bridge",
+            "bridge": "cni-ref0",
+            "isGateway": True,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": REFERENCE_SUBNET}]], "dataDir": str(tmp)},
+        }
+
+    def create(self, pod: str) -> None:
+        """The pod's sandbox."""
+        self.pods[pod] = str(self.make_netns().path)
+
+    def _exec(self, command: str, pod: str) -> float:
         env = {
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": f"c-{pod}",
-            "CNI_NETNS": pods[pod],
+            "CNI_NETNS": self.pods[pod],
             "CNI_IFNAME": "eth0",
             "CNI_PATH": str(REFERENCE_DIR),
         }
-        return timed_exec(REFERENCE_DIR / "bridge", env, config)[0]
+        return timed_exec(REFERENCE_DIR / "bridge", env, self.config)[0]
 
-    names = list(pods)
-    seq, par = names[1 : sequential + 1], names[sequential + 1 :]
-    out: dict[str, list[float]] = {}
-    try:
-        in_host.run(call, "ADD", names[0])
-        in_host.run(call, "DEL", names[0])
-        out["add_seq"] = [in_host.run(call, "ADD", p) for p in seq]
-        out["del_seq"] = [in_host.run(call, "DEL", p) for p in seq]
-        out["add_par"] = [f.result() for f in [in_host.submit(call, "ADD", p) for p in par]]
-        out["del_par"] = [f.result() for f in [in_host.submit(call, "DEL", p) for p in par]]
-    finally:
-        in_host.close()
+    def call(self, command: str, pod: str) -> float:
+        return self.host.run(self._exec, command, pod)
+
+    def call_many(self, command: str, pods: list[str]) -> list[float]:
+        return [f.result() for f in [self.host.submit(self._exec, command, p) for p in pods]]
+
+    def close(self) -> None:
+        self.host.close()
+
+
+def measure(
+    sluice: SluiceSide, ref: ReferenceSide, sequential: int, concurrent: int, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved ADD and DEL latencies in seconds of both sides: {side label: {row key: values}}.
+
+    The concurrent rows (`add_par`, `del_par`) hold every call of every round, and their
+    `_rounds` twins each round's p99."""
+    sides: tuple[Side, Side] = (ref, sluice)
+    seq = [f"seq-{i}" for i in range(sequential)]
+    par = [[f"par{r}-{i}" for i in range(concurrent)] for r in range(rounds)]
+    for side in sides:
+        for pod in ["warm-up", *seq, *(p for group in par for p in group)]:
+            side.create(pod)
+        side.call("ADD", "warm-up")
+        side.call("DEL", "warm-up")
+    # This process hosts the API server and the controller stand-ins, which a real cluster runs
+    # elsewhere: without this, a full collection of everything set up so far (50-75 ms here)
+    # stalls them in the middle of an ADD now and then. Only later objects are collected.
+    gc.collect()
+    gc.freeze()
+    keys = ("add_seq", "del_seq", "add_par", "del_par", "add_par_rounds", "del_par_rounds")
+    out: dict[str, dict[str, list[float]]] = {s.label: {k: [] for k in keys} for s in sides}
+
+    def in_turn(i: int) -> tuple[Side, Side]:
+        return sides if i % 2 == 0 else sides[::-1]
+
+    blocks = [seq[i : i + SEQUENTIAL_BLOCK] for i in range(0, len(seq), SEQUENTIAL_BLOCK)]
+    for command, key in (("ADD", "add_seq"), ("DEL", "del_seq")):
+        for b, block in enumerate(blocks):
+            for side in in_turn(b):
+                time.sleep(SETTLE_SECONDS)
+                phased = side is sluice and command == "ADD"
+                for pod in block:
+                    out[side.label][key].append(sluice.add_timed(pod) if phased else side.call(command, pod))
+    for r, group in enumerate(par):
+        for command, key in (("ADD", "add_par"), ("DEL", "del_par")):
+            for side in in_turn(r):
+                time.sleep(SETTLE_SECONDS)
+                latencies = side.call_many(command, group)
+                out[side.label][key] += latencies
+                out[side.label][key + "_rounds"].append(percentile(latencies, 99))
+    out["sluice"].update(sluice.phases)
     return out
 
 
@@ -333,22 +410,30 @@ ROWS = (
 )
 
 
+def p99(values: dict[str, list[float]], key: str) -> float:
+    """A row's p99: of all its calls, or for a concurrent row the median of its rounds' p99s."""
+    rounds = values.get(key + "_rounds")
+    return statistics.median(rounds) if rounds else percentile(values[key], 99)
+
+
 def report(
     sluice: dict[str, list[float]], ref: dict[str, list[float]], startup: dict[str, list[float]]
 ) -> str:
     """Return the printed table."""
     lines = [
-        f"{'latency (ms)':<22}{'sluice p50':>11}{'ref p50':>9}{'ratio':>7}"
+        f"{'latency (ms)':<26}{'sluice p50':>11}{'ref p50':>9}{'ratio':>7}"
         f"{'sluice p99':>12}{'ref p99':>9}{'ratio':>7}"
     ]
     for label, key in ROWS:
         s50, r50 = percentile(sluice[key], 50) * 1000, percentile(ref[key], 50) * 1000
-        s99, r99 = percentile(sluice[key], 99) * 1000, percentile(ref[key], 99) * 1000
+        s99, r99 = p99(sluice, key) * 1000, p99(ref, key) * 1000
+        rounds = len(sluice.get(key + "_rounds", []))
+        count = f"{len(sluice[key]) // rounds} x {rounds}" if rounds else str(len(sluice[key]))
         lines.append(
-            f"{label + f' ({len(sluice[key])})':<22}{s50:>11.1f}{r50:>9.1f}{s50 / r50:>7.2f}"
+            f"{label + f' ({count})':<26}{s50:>11.1f}{r50:>9.1f}{s50 / r50:>7.2f}"
             f"{s99:>12.1f}{r99:>9.1f}{s99 / r99:>7.2f}"
         )
-    if "phase_plumb" in sluice:
+    if sluice.get("phase_plumb"):
         lines.append(
             "sluice sequential ADD p50 by phase (ms): exec to network status published {:.1f}, "
             "stand-in controller until flows installed {:.1f}, flows installed to ADD answered {:.1f}".format(
@@ -362,7 +447,7 @@ def report(
         f"python -IS -c pass p50 {i50:.1f} ms (ratio {v50 / i50:.2f})"
     )
     add50 = percentile(sluice["add_seq"], 50) / percentile(ref["add_seq"], 50)
-    par99 = percentile(sluice["add_par"], 99) / percentile(ref["add_par"], 99)
+    par99 = p99(sluice, "add_par") / p99(ref, "add_par")
     lines.append(
         "targets: ADD p50 <= 2.0x: {} ({:.2f}); concurrent ADD p99 <= 3.0x: {} ({:.2f}); "
         "VERSION <= 1.3x: {} ({:.2f})".format(
@@ -382,8 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.cni", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--sequential", type=int, default=50)
     parser.add_argument("--concurrent", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of concurrent ADDs and DELs")
     parser.add_argument("--startup-runs", type=int, default=40)
     args = parser.parse_args(argv)
+    if min(args.sequential, args.concurrent, args.rounds, args.startup_runs) < 1:
+        parser.error("every count must be at least 1")
     if os.geteuid() != 0 or shutil.which("ovs-vswitchd") is None or not (REFERENCE_DIR / "bridge").exists():
         print(
             "bench.cni needs root, Open vSwitch and containernetworking-plugins (/usr/lib/cni): `make deps`",
@@ -392,15 +480,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-cni-"))
     try:
-        with standalone_factories() as (make_node, make_netns):
-            ref = measure_reference(make_netns, tmp, args.sequential, args.concurrent)
-            with agent_bed(make_node, make_netns, "veth") as bed:
-                bed.start_agent(flow_wait_seconds=30.0, resync_seconds=0, log_level="info")
-                sluice = measure_sluice(bed, args.sequential, args.concurrent)
+        with (
+            standalone_factories() as (make_node, make_netns),
+            agent_bed(make_node, make_netns, "veth") as bed,
+        ):
+            bed.start_agent(flow_wait_seconds=30.0, resync_seconds=0, log_level="info")
+            with WatchingStandIn(bed) as stand_in:
+                sluice = SluiceSide(bed, stand_in, args.concurrent)
+                ref = ReferenceSide(make_netns, tmp, args.concurrent)
+                try:
+                    results = measure(sluice, ref, args.sequential, args.concurrent, args.rounds)
+                finally:
+                    sluice.close()
+                    ref.close()
+                    for exc in stand_in.errors:
+                        print(f"controller stand-in: {exc!r}", file=sys.stderr)
+                if stand_in.errors:
+                    raise RuntimeError(f"controller stand-in failed: {stand_in.errors[0]}")
         startup = measure_startup(args.startup_runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(report(sluice, ref, startup))
+    print(report(results["sluice"], results["ref"], startup))
     return 0
 
 
