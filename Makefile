@@ -35,6 +35,7 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(MYPY_STRICT)
 
 pytest: venv

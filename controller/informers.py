@@ -175,7 +175,6 @@ def _resource_version(obj: object) -> str | None:
     return None
 
 
-
 def _shut_down(response: Any) -> None:
     """End the stream `response` another thread is reading, without waiting for that thread.
 
@@ -191,6 +190,7 @@ def _shut_down(response: Any) -> None:
     # the reading thread is using. OSError: already closed, or never connected.
     with contextlib.suppress(OSError):
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
 
 class Informer:
     """List + watch of one resource on its own daemon thread, feeding `sink`."""

@@ -53,9 +53,7 @@ def arp_responder_default_flows() -> list[Flow]:
 
 def gateway_arp_flows(node: NodeSpec) -> list[Flow]:
     """Return the flow answering ARP for this node's gateway IP (pods' default route)."""
-    return [
-        arp_reply_flow(node.gateway_ip, cookies.make(Category.NODE, cookies.node_key(node.name)))
-    ]
+    return [arp_reply_flow(node.gateway_ip, cookies.make(Category.NODE, cookies.node_key(node.name)))]
 
 
 def pod_arp_flows(pod: PodSpec) -> list[Flow]:

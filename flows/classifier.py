@@ -39,8 +39,4 @@ def node_classifier_flows(node: NodeSpec) -> list[Flow]:
 
 def pod_classifier_flows(pod: PodSpec, ofport: int) -> list[Flow]:
     """Return the flow sending a local pod's packets to the spoof guard."""
-    return [
-        _port_flow(
-            ofport, PacketSource.POD, "spoof_guard", cookies.pod_cookie(pod.namespace, pod.name)
-        )
-    ]
+    return [_port_flow(ofport, PacketSource.POD, "spoof_guard", cookies.pod_cookie(pod.namespace, pod.name))]

@@ -76,8 +76,7 @@ class Cluster:
             for b in self.nodes[i + 1 :]:
                 if a.pod_cidr.overlaps(b.pod_cidr):
                     raise ClusterError(
-                        f"nodes {a.name} and {b.name} have overlapping podCIDRs "
-                        f"{a.pod_cidr} and {b.pod_cidr}"
+                        f"nodes {a.name} and {b.name} have overlapping podCIDRs {a.pod_cidr} and {b.pod_cidr}"
                     )
                 if a.tunnel_ip == b.tunnel_ip:
                     raise ClusterError(f"nodes {a.name} and {b.name} share tunnel IP {a.tunnel_ip}")

@@ -26,9 +26,7 @@ def conntrack_flows() -> list[Flow]:
             cookie,
         ),
         Flow(CONNTRACK, DEFAULT_PRIORITY, Match(), (), cookie),
-        Flow(
-            CONNTRACK_STATE, INVALID_PRIORITY, Match.of(proto="ip", ct_state="+inv+trk"), (), cookie
-        ),
+        Flow(CONNTRACK_STATE, INVALID_PRIORITY, Match.of(proto="ip", ct_state="+inv+trk"), (), cookie),
         Flow(
             CONNTRACK_STATE,
             ESTABLISHED_PRIORITY,

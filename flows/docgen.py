@@ -102,11 +102,7 @@ def render_pipeline_doc() -> str:
     for f in REG_FIELDS:
         w(f"| `{f.name}` | `{f.nxm}` | {f.description} |")
     w("")
-    w(
-        "`pkt_source` values: "
-        + ", ".join(f"{s.value} = {s.name.lower()}" for s in PacketSource)
-        + "."
-    )
+    w("`pkt_source` values: " + ", ".join(f"{s.value} = {s.name.lower()}" for s in PacketSource) + ".")
     w("")
     w(
         f"Conntrack zone: all pod traffic of a node is tracked in zone {POD_CT_ZONE}. "
@@ -146,10 +142,7 @@ def render_pipeline_doc() -> str:
         f"`{node.name}` of the example holds {len(flows)} flows in all.\n"
     )
     w(f"## The flows of `{node.name}`, table by table\n")
-    w(
-        "Exactly what `ovs-ofctl -O OpenFlow15 dump-flows br-int` shows on that node (less "
-        "statistics).\n"
-    )
+    w("Exactly what `ovs-ofctl -O OpenFlow15 dump-flows br-int` shows on that node (less statistics).\n")
     for t in PIPELINE:
         w(f"### {t.number}. `{t.name}`\n")
         w(f"{t.explanation}\n")

@@ -95,9 +95,7 @@ def _check_no_overlap() -> None:
     for field in REG_FIELDS:
         used = seen.get(field.reg, 0)
         if used & field.mask:
-            raise ValueError(
-                f"register field {field.name} overlaps another field in reg{field.reg}"
-            )
+            raise ValueError(f"register field {field.name} overlaps another field in reg{field.reg}")
         seen[field.reg] = used | field.mask
 
 

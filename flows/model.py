@@ -378,7 +378,9 @@ class Flow:
     def __post_init__(self) -> None:
         object.__setattr__(
             # The table by name: equal tables have equal names, and a Table's own hash is slow.
-            self, "_hash", hash((self.table.name, self.priority, self.match, self.actions, self.cookie))
+            self,
+            "_hash",
+            hash((self.table.name, self.priority, self.match, self.actions, self.cookie)),
         )
         if not 0 <= self.priority <= 0xFFFF:
             raise ContractError(f"priority {self.priority} out of range in table {self.table.name}")

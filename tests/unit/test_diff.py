@@ -12,9 +12,7 @@ from flows.flowset import FlowSet
 from flows.model import Flow, Match, Output
 from flows.tables import table
 
-_TABLES = [
-    table(n) for n in ("egress_policy", "l3_forwarding", "ingress_policy", "ingress_default")
-]
+_TABLES = [table(n) for n in ("egress_policy", "l3_forwarding", "ingress_policy", "ingress_default")]
 _DSTS = [None, "100.64.1.0/24", "100.64.1.2", "100.64.2.0/24"]
 
 

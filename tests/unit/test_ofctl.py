@@ -72,9 +72,7 @@ def test_bad_lines_raise_parse_error_quoting_them() -> None:
 
 def test_parse_dump_skips_headers() -> None:
     flows = compile_node(example_cluster(), "node-1")
-    text = "OFPST_FLOW reply (OF1.5) (xid=0x2):\n" + "".join(
-        f" {f.render()}\n" for f in flows.sorted()
-    )
+    text = "OFPST_FLOW reply (OF1.5) (xid=0x2):\n" + "".join(f" {f.render()}\n" for f in flows.sorted())
     assert parse_dump(text) == flows
 
 
