@@ -155,12 +155,13 @@ class _PortAdd:
     """One caller's `add_ports`, queued to share a transaction with the others pending at the time.
 
     The IDL thread takes it from commit to vswitchd's answer: its future gets the ports'
-    ofports, or the error. `committed` says how far it got (for a timeout's message)."""
+    ofports, or the error. `stage` says how far it got (for a timeout's message)."""
 
     bridge: str
     specs: Sequence[PortSpec]
     future: Future[dict[str, int]]
-    committed: bool = False
+    deadline: float
+    stage: str = "queued"  # "held" while vswitchd catches up, then "committed"
 
 
 def route_python_ovs_logging() -> None:
@@ -236,6 +237,7 @@ class Connection:
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._jobs_lock = threading.Lock()
         self._port_adds: list[_PortAdd] = []  # add_ports requests awaiting a shared transaction
+        self._holding = False  # port adds are held until vswitchd catches up (IDL thread only)
         self._waiters: list[_Waiter] = []
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -262,6 +264,7 @@ class Connection:
         self._idl = ovs.db.idl.Idl(self.target, helper)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._running = True
+        self._holding = False
         self._thread = threading.Thread(target=self._loop, name=f"ovsdb {self.target}", daemon=True)
         self._thread.start()
         try:
@@ -536,30 +539,39 @@ class Connection:
             raise OvsdbError(f"OVSDB connection to {self.target} is not started")
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        request = _PortAdd(bridge, tuple(specs), Future())
+        request = _PortAdd(bridge, tuple(specs), Future(), deadline)
         # Every caller queues a flush; the first one to run takes all requests queued by then,
         # commits them together and leaves each one a waiter for vswitchd's answer. The caller
         # hands over once and is woken once, with the ofports (one IDL-thread round trip).
         with self._jobs_lock:
             self._port_adds.append(request)
-            self._jobs.append((lambda: self._flush_port_adds(deadline), Future()))
+            self._jobs.append((self._flush_port_adds, Future()))
         self._wake()
         try:
             return request.future.result(limit)
         except FutureTimeout:
             request.future.cancel()  # its waiter, if any, is dropped at the next check
-            what = "ovs-vswitchd did not open them" if request.committed else "OVSDB did not answer"
+            what = {
+                "queued": "OVSDB did not answer",
+                "held": "ovs-vswitchd did not apply the changes before them",
+                "committed": "ovs-vswitchd did not open them",
+            }[request.stage]
             raise OvsdbError(f"add ports {names} to {bridge}: {what} within {limit:.1f}s") from None
 
-    def _flush_port_adds(self, deadline: float) -> None:
+    def _flush_port_adds(self) -> None:
         """Commit every queued `add_ports` request in ONE transaction (IDL thread).
 
-        Group commit: while one transaction waits for ovsdb-server, concurrent ADDs queue up and
-        then share the next one, and ovs-vswitchd reconfigures once for all of them instead of
-        once per pod. A request that cannot be applied (its bridge is missing, a port exists on
-        another bridge) fails alone; one naming a port that an earlier request of the batch also
-        names waits for the next batch.
+        Group commit: while one transaction waits for ovsdb-server, or ovs-vswitchd is still
+        applying an earlier change, concurrent ADDs queue up and then share the next one, and
+        ovs-vswitchd reconfigures once for all of them instead of once per pod (each
+        reconfiguration costs it milliseconds of CPU, more as the bridge grows). A lone ADD on an
+        idle node is committed at once. A request that cannot be applied (its bridge is missing,
+        a port exists on another bridge) fails alone; one naming a port that an earlier request
+        of the batch also names waits for the next batch.
         """
+        if self._vswitchd_behind():
+            self._hold_port_adds()
+            return
         with self._jobs_lock:
             queued, self._port_adds = self._port_adds, []
         batch: list[_PortAdd] = []
@@ -582,10 +594,11 @@ class Connection:
         if later:
             with self._jobs_lock:
                 self._port_adds[:0] = later
-                self._jobs.append((lambda: self._flush_port_adds(deadline), Future()))
+                self._jobs.append((self._flush_port_adds, Future()))
             self._wake()
         if not batch:
             return
+        deadline = max(r.deadline for r in batch)
 
         def build(txn: ovs.db.idl.Transaction) -> bool:
             changed = False
@@ -603,8 +616,36 @@ class Connection:
                 _settle(request.future, error=exc)
             return
         for request in batch:
-            request.committed = True
+            request.stage = "committed"
             self._await_ports(request, next_cfg)
+
+    def _vswitchd_behind(self) -> bool:
+        """Whether ovs-vswitchd has yet to apply a committed change (IDL thread). A replica
+        without its root row says no: the commit that follows reports what is wrong."""
+        try:
+            root = self._root()
+        except OvsdbError:
+            return False
+        return _int(root.cur_cfg) < _int(root.next_cfg)
+
+    def _hold_port_adds(self) -> None:
+        """Leave the queued port adds queued until vswitchd has caught up, then commit them
+        together (IDL thread). Their ports could not be opened sooner anyway: vswitchd applies
+        changes one reconfiguration after the other."""
+        with self._jobs_lock:
+            for request in self._port_adds:
+                request.stage = "held"
+        if self._holding:
+            return
+        self._holding = True
+
+        def release() -> None:
+            self._holding = False
+            with self._jobs_lock:
+                self._jobs.append((self._flush_port_adds, Future()))
+            self._wake()
+
+        self._waiters.append(_Waiter(lambda: not self._vswitchd_behind(), Future(), release))
 
     def _await_ports(self, request: _PortAdd, next_cfg: int | None) -> None:
         """Resolve `request` once vswitchd has applied `next_cfg` (None: nothing changed) and

@@ -252,6 +252,41 @@ def test_concurrent_adds_share_one_transaction(agent_node: AgentNode) -> None:
     assert all(f"'g{i}'" in shared for i in range(8)), shared
 
 
+def test_port_adds_wait_together_while_vswitchd_catches_up(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    before = _add_port_transactions(node)
+    vswitchd = node.pids.vswitchd
+    assert vswitchd is not None
+    os.kill(vswitchd, signal.SIGSTOP)  # the first add commits, and vswitchd stays behind
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("h0", "internal")])
+            _until(lambda: len(_add_port_transactions(node)) == len(before) + 1)
+            rest = [
+                pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec(f"h{i}", "internal")]) for i in (1, 2, 3)
+            ]
+            # held, not committed: a caller giving up meanwhile says what it waited for
+            with pytest.raises(OvsdbError, match="ovs-vswitchd did not apply the changes before them within"):
+                ovsdb.add_pod_ports(BRIDGE, [PortSpec("h9", "internal")], timeout=0.3)
+            assert len(_add_port_transactions(node)) == len(before) + 1
+            os.kill(vswitchd, signal.SIGCONT)
+            ofports = [f.result(10)[f"h{i}"] for i, f in enumerate([first, *rest])]
+    finally:
+        os.kill(vswitchd, signal.SIGCONT)
+    assert len(set(ofports)) == 4 and all(p > 0 for p in ofports)
+    # vswitchd reconfigured twice, not four times: h1-h3 went in one transaction
+    first_txn, shared = _add_port_transactions(node)[len(before) :]
+    assert "'h0'" in first_txn and all(f"'h{i}'" in shared for i in (1, 2, 3)), shared
+    assert ovsdb.port("h9") is None
+
+
+def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def test_a_bad_request_in_a_shared_transaction_fails_alone(agent_node: AgentNode) -> None:
     ovsdb = agent_node.ovsdb
     same = PortSpec("dup0", "internal")
