@@ -151,17 +151,32 @@ class _Waiter:
 
 
 @dataclass(slots=True)
-class _PortAdd:
-    """One caller's `add_ports`, queued to share a transaction with the others pending at the time.
+class _PortChange:
+    """One caller's `add_ports` (a bridge and port specs) or `del_ports` (port names), queued to
+    share a transaction with the others pending at the time.
 
     The IDL thread takes it from commit to vswitchd's answer: its future gets the ports'
-    ofports, or the error. `stage` says how far it got (for a timeout's message)."""
+    ofports (an add) or the names deleted (a deletion), or the error. `stage` says how far it
+    got (for a timeout's message)."""
 
-    bridge: str
+    bridge: str | None  # None: a deletion
     specs: Sequence[PortSpec]
-    future: Future[dict[str, int]]
+    deletes: Sequence[str]
+    future: Future[Any]
     deadline: float
     stage: str = "queued"  # "held" while vswitchd catches up, then "committed"
+    deleted: list[str] = field(default_factory=list)
+
+    @property
+    def names(self) -> set[str]:
+        """The ports this change touches."""
+        return {s.name for s in self.specs} | set(self.deletes)
+
+    def describe(self) -> str:
+        """What it does, for messages."""
+        if self.bridge is None:
+            return f"delete ports {list(self.deletes)}"
+        return f"add ports {[s.name for s in self.specs]} to {self.bridge}"
 
 
 def route_python_ovs_logging() -> None:
@@ -236,8 +251,8 @@ class Connection:
         self._idl: ovs.db.idl.Idl | None = None
         self._jobs: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._jobs_lock = threading.Lock()
-        self._port_adds: list[_PortAdd] = []  # add_ports requests awaiting a shared transaction
-        self._holding = False  # port adds are held until vswitchd catches up (IDL thread only)
+        self._port_changes: list[_PortChange] = []  # port adds and deletions awaiting a transaction
+        self._holding = False  # port changes are held until vswitchd catches up (IDL thread only)
         self._waiters: list[_Waiter] = []
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -535,17 +550,23 @@ class Connection:
             raise ValueError(f"duplicate port names in {names}")
         if not specs:
             return {}
+        result: dict[str, int] = self._change_ports(
+            _PortChange(bridge, tuple(specs), (), Future(), 0.0), timeout
+        )
+        return result
+
+    def _change_ports(self, request: _PortChange, timeout: float | None) -> Any:
+        """Queue `request` for the next shared transaction and wait for its result."""
         if self._thread is None:
             raise OvsdbError(f"OVSDB connection to {self.target} is not started")
         limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        request = _PortAdd(bridge, tuple(specs), Future(), deadline)
+        request.deadline = time.monotonic() + limit
         # Every caller queues a flush; the first one to run takes all requests queued by then,
         # commits them together and leaves each one a waiter for vswitchd's answer. The caller
-        # hands over once and is woken once, with the ofports (one IDL-thread round trip).
+        # hands over once and is woken once, with its result (one IDL-thread round trip).
         with self._jobs_lock:
-            self._port_adds.append(request)
-            self._jobs.append((self._flush_port_adds, Future()))
+            self._port_changes.append(request)
+            self._jobs.append((self._flush_port_changes, Future()))
         self._wake()
         try:
             return request.future.result(limit)
@@ -554,38 +575,40 @@ class Connection:
             what = {
                 "queued": "OVSDB did not answer",
                 "held": "ovs-vswitchd did not apply the changes before them",
-                "committed": "ovs-vswitchd did not open them",
+                "committed": "ovs-vswitchd did not "
+                + ("apply the deletion" if request.bridge is None else "open them"),
             }[request.stage]
-            raise OvsdbError(f"add ports {names} to {bridge}: {what} within {limit:.1f}s") from None
+            raise OvsdbError(f"{request.describe()}: {what} within {limit:.1f}s") from None
 
-    def _flush_port_adds(self) -> None:
-        """Commit every queued `add_ports` request in ONE transaction (IDL thread).
+    def _flush_port_changes(self) -> None:
+        """Commit every queued port add and deletion in ONE transaction (IDL thread).
 
         Group commit: while one transaction waits for ovsdb-server, or ovs-vswitchd is still
-        applying an earlier change, concurrent ADDs queue up and then share the next one, and
-        ovs-vswitchd reconfigures once for all of them instead of once per pod (each
-        reconfiguration costs it milliseconds of CPU, more as the bridge grows). A lone ADD on an
-        idle node is committed at once. A request that cannot be applied (its bridge is missing,
-        a port exists on another bridge) fails alone; one naming a port that an earlier request
-        of the batch also names waits for the next batch.
+        applying an earlier change, concurrent ADDs and DELs queue up and then share the next
+        one, and ovs-vswitchd reconfigures once for all of them instead of once per pod (each
+        reconfiguration costs it milliseconds of CPU, more as the bridge grows). A lone call on
+        an idle node is committed at once. An add that cannot be applied (its bridge is missing,
+        a port exists on another bridge) fails alone; a request naming a port that an earlier
+        request of the batch also names waits for the next batch.
         """
         if self._vswitchd_behind():
-            self._hold_port_adds()
+            self._hold_port_changes()
             return
         with self._jobs_lock:
-            queued, self._port_adds = self._port_adds, []
-        batch: list[_PortAdd] = []
-        later: list[_PortAdd] = []
+            queued, self._port_changes = self._port_changes, []
+        batch: list[_PortChange] = []
+        later: list[_PortChange] = []
         taken: set[str] = set()
         for request in queued:
             if request.future.done():
                 continue
-            names = {s.name for s in request.specs}
+            names = request.names
             if names & taken:
                 later.append(request)
                 continue
             try:
-                self._check_port_add(request)
+                if request.bridge is not None:
+                    self._check_port_add(request)
             except Exception as exc:  # OvsdbError; anything else must not leave the caller hanging
                 _settle(request.future, error=exc)
                 continue
@@ -593,8 +616,8 @@ class Connection:
             batch.append(request)
         if later:
             with self._jobs_lock:
-                self._port_adds[:0] = later
-                self._jobs.append((self._flush_port_adds, Future()))
+                self._port_changes[:0] = later
+                self._jobs.append((self._flush_port_changes, Future()))
             self._wake()
         if not batch:
             return
@@ -603,21 +626,26 @@ class Connection:
         def build(txn: ovs.db.idl.Transaction) -> bool:
             changed = False
             for request in batch:
-                changed |= self._build_port_add(txn, request)
+                if request.bridge is None:
+                    changed |= self._build_port_del(request)
+                else:
+                    changed |= self._build_port_add(txn, request)
             if changed:
                 self._root().increment("next_cfg")
             return changed
 
-        every = [s.name for r in batch for s in r.specs]
         try:
-            _changed, next_cfg = self._commit_job(build, f"add ports {every}", deadline)
+            _changed, next_cfg = self._commit_job(build, "; ".join(r.describe() for r in batch), deadline)
         except BaseException as exc:
             for request in batch:
                 _settle(request.future, error=exc)
             return
         for request in batch:
             request.stage = "committed"
-            self._await_ports(request, next_cfg)
+            if request.bridge is None:
+                self._await_deletion(request, next_cfg)
+            else:
+                self._await_ports(request, next_cfg)
 
     def _vswitchd_behind(self) -> bool:
         """Whether ovs-vswitchd has yet to apply a committed change (IDL thread). A replica
@@ -628,12 +656,12 @@ class Connection:
             return False
         return _int(root.cur_cfg) < _int(root.next_cfg)
 
-    def _hold_port_adds(self) -> None:
-        """Leave the queued port adds queued until vswitchd has caught up, then commit them
-        together (IDL thread). Their ports could not be opened sooner anyway: vswitchd applies
+    def _hold_port_changes(self) -> None:
+        """Leave the queued port changes queued until vswitchd has caught up, then commit them
+        together (IDL thread). They could not take effect sooner anyway: vswitchd applies
         changes one reconfiguration after the other."""
         with self._jobs_lock:
-            for request in self._port_adds:
+            for request in self._port_changes:
                 request.stage = "held"
         if self._holding:
             return
@@ -642,12 +670,22 @@ class Connection:
         def release() -> None:
             self._holding = False
             with self._jobs_lock:
-                self._jobs.append((self._flush_port_adds, Future()))
+                self._jobs.append((self._flush_port_changes, Future()))
             self._wake()
 
         self._waiters.append(_Waiter(lambda: not self._vswitchd_behind(), Future(), release))
 
-    def _await_ports(self, request: _PortAdd, next_cfg: int | None) -> None:
+    def _await_deletion(self, request: _PortChange, next_cfg: int | None) -> None:
+        """Resolve deletion `request` with the names it deleted once vswitchd has applied
+        `next_cfg` (None: nothing changed) (IDL thread)."""
+
+        def applied() -> bool:
+            return next_cfg is None or _int(self._root().cur_cfg) >= next_cfg
+
+        if not request.future.done():  # else the caller gave up meanwhile
+            self._waiters.append(_Waiter(applied, request.future, lambda: sorted(request.deleted)))
+
+    def _await_ports(self, request: _PortChange, next_cfg: int | None) -> None:
         """Resolve `request` once vswitchd has applied `next_cfg` (None: nothing changed) and
         given each port an ofport (IDL thread)."""
         names = [s.name for s in request.specs]
@@ -673,8 +711,9 @@ class Connection:
         if not request.future.done():  # else the caller gave up meanwhile
             self._waiters.append(_Waiter(opened, request.future, ofports))
 
-    def _check_port_add(self, request: _PortAdd) -> None:
+    def _check_port_add(self, request: _PortChange) -> None:
         """Raise OvsdbError if `request` cannot be applied to the replica as it is (IDL thread)."""
+        assert request.bridge is not None  # an add, not a deletion
         if self._find("Bridge", request.bridge) is None:
             raise OvsdbError(f"bridge {request.bridge} does not exist")
         owner = self._port_bridges()
@@ -683,9 +722,26 @@ class Connection:
             if where is not None and where != request.bridge:
                 raise OvsdbError(f"port {spec.name} exists on bridge {where}, not {request.bridge}")
 
-    def _build_port_add(self, txn: ovs.db.idl.Transaction, request: _PortAdd) -> bool:
+    def _build_port_del(self, request: _PortChange) -> bool:
+        """Delete `request`'s ports that exist, from whichever bridge, noting which in
+        `request.deleted`; return whether there were any (IDL thread)."""
+        request.deleted.clear()  # a retried transaction builds again
+        wanted = set(request.deletes)
+        for br in self._rows("Bridge"):
+            for port in br.ports:
+                name = port.name  # a deleted row cannot be read any more
+                if name in wanted:
+                    br.delvalue("ports", port)
+                    for iface in port.interfaces:
+                        iface.delete()
+                    port.delete()
+                    request.deleted.append(name)
+        return bool(request.deleted)
+
+    def _build_port_add(self, txn: ovs.db.idl.Transaction, request: _PortChange) -> bool:
         """Add `request`'s ports to the transaction (or bring existing ones to spec); return whether
         anything changed (IDL thread)."""
+        assert request.bridge is not None  # an add, not a deletion
         idl = self._ready_idl()
         br = self._find("Bridge", request.bridge)
         if br is None:
@@ -714,25 +770,8 @@ class Connection:
         wanted = sorted(set(names))
         if not wanted:
             return []
-        deleted: list[str] = []
-
-        def build(_txn: ovs.db.idl.Transaction) -> bool:
-            deleted.clear()
-            for br in self._rows("Bridge"):
-                for port in br.ports:
-                    name = port.name
-                    if name in wanted:
-                        br.delvalue("ports", port)
-                        for iface in port.interfaces:
-                            iface.delete()
-                        port.delete()
-                        deleted.append(name)
-            if deleted:
-                self._root().increment("next_cfg")
-            return bool(deleted)
-
-        self._transact(build, f"delete ports {wanted}", timeout)
-        return sorted(deleted)
+        deleted: list[str] = self._change_ports(_PortChange(None, (), tuple(wanted), Future(), 0.0), timeout)
+        return deleted
 
     def del_bridge(self, name: str, *, timeout: float | None = None) -> bool:
         """Delete bridge `name` with its ports; return False if it did not exist. Raises OvsdbError."""
@@ -877,11 +916,11 @@ class Connection:
         closed = OvsdbError(f"OVSDB connection to {self.target} closed")
         with self._jobs_lock:
             jobs, self._jobs = self._jobs, []
-            port_adds, self._port_adds = self._port_adds, []
+            port_changes, self._port_changes = self._port_changes, []
         for _fn, future in jobs:
             if future.set_running_or_notify_cancel():
                 future.set_exception(closed)
-        for request in port_adds:
+        for request in port_changes:
             _settle(request.future, error=closed)
         for waiter in self._waiters:
             _settle(waiter.future, error=closed)

@@ -209,9 +209,9 @@ def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[],
         blocker = pool.submit(ovsdb._call, lambda: gate.wait(10), 15)
         futures = [pool.submit(call) for call in calls]
         deadline = time.monotonic() + 10
-        while len(ovsdb._port_adds) < len(calls) and time.monotonic() < deadline:
+        while len(ovsdb._port_changes) < len(calls) and time.monotonic() < deadline:
             time.sleep(0.005)
-        queued = len(ovsdb._port_adds)
+        queued = len(ovsdb._port_changes)
         gate.set()
         blocker.result()
         assert queued == len(calls), f"only {queued} of {len(calls)} requests queued"
@@ -278,6 +278,42 @@ def test_port_adds_wait_together_while_vswitchd_catches_up(agent_node: AgentNode
     first_txn, shared = _add_port_transactions(node)[len(before) :]
     assert "'h0'" in first_txn and all(f"'h{i}'" in shared for i in (1, 2, 3)), shared
     assert ovsdb.port("h9") is None
+
+
+def test_deletions_and_adds_held_meanwhile_share_one_transaction(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    ovsdb.add_pod_ports(BRIDGE, [PortSpec(f"d{i}", "internal") for i in range(3)])
+    before = _port_transactions(node)
+    vswitchd = node.pids.vswitchd
+    assert vswitchd is not None
+    os.kill(vswitchd, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e0", "internal")])
+            _until(lambda: len(_port_transactions(node)) == len(before) + 1)
+            dels = [pool.submit(ovsdb.del_ports, [f"d{i}"]) for i in range(3)]
+            add = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e1", "internal")])
+            nothing = pool.submit(ovsdb.del_ports, ["never-there"])
+            _until(lambda: len(ovsdb._port_changes) == 5)  # all held behind e0
+            os.kill(vswitchd, signal.SIGCONT)
+            assert first.result(10)["e0"] > 0 and add.result(10)["e1"] > 0
+            assert [d.result(10) for d in dels] == [["d0"], ["d1"], ["d2"]]
+            assert nothing.result(10) == []
+    finally:
+        os.kill(vswitchd, signal.SIGCONT)
+    [shared] = _port_transactions(node)[len(before) + 1 :]
+    assert all(name in shared for name in ("'d0'", "'d1'", "'d2'", "'e1'", "'never-there'")), shared
+    ports = set(node.vsctl("list-ports", BRIDGE).split())
+    assert {"e0", "e1"} <= ports and not ports & {"d0", "d1", "d2"}
+
+
+def _port_transactions(node: OvsNode) -> list[str]:
+    """The comments of the agent's port add/delete transactions in the database log, oldest first."""
+    comments = []
+    for line in node.paths.db.read_text().splitlines():
+        if line.startswith("{") and "ports [" in line and "sluice-agent:" in line:
+            comments.append(json.loads(line)["_comment"])
+    return comments
 
 
 def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
