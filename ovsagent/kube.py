@@ -149,7 +149,7 @@ class Kube:
         """See KubeApi.patch_pod_annotations."""
         body = {"metadata": {"annotations": dict(annotations)}}
         # The answer (the whole Pod) is not needed: reading it raw spares the client building a
-        # V1Pod from it, milliseconds of CPU on every ADD and DEL.
+        # V1Pod from it on every ADD and DEL.
         response = self._call(
             f"patch Pod {namespace}/{name}",
             self._core.patch_namespaced_pod,
