@@ -32,6 +32,7 @@ class ScriptedSwitch:
         self.listener.listen()
         self.listener.settimeout(10)
         self.echo_replies: list[tuple[str, int, bytes]] = []  # (connection, xid, payload)
+        self.queried = threading.Event()  # the pod's flow is reported only after a query
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
         self.conns: list[socket.socket] = []
@@ -66,6 +67,7 @@ class ScriptedSwitch:
                     conn.sendall(
                         HEADER.pack(fp.OFP_VERSION, fp.OFPT_MULTIPART_REPLY, 8 + len(reply), xid) + reply
                     )
+                    self.queried.set()
                     continue
                 self._monitor(stream, xid)
                 return
@@ -79,6 +81,8 @@ class ScriptedSwitch:
         head = struct.pack("!HH4xII", fp.OFPMP_EXPERIMENTER, 0, fp.ONF_EXPERIMENTER, fp.ONFMP_FLOW_MONITOR)
         stream.sock.sendall(HEADER.pack(fp.OFP_VERSION, fp.OFPT_MULTIPART_REPLY, 8 + len(head), xid) + head)
         self._probe(stream, "monitor", 0x78, b"while following")
+        # a flow reported before the probe's first query would end its wait without one
+        assert self.queried.wait(10), "the probe never queried"
         update = struct.pack("!HH12xQ", 24, fp.NXFME_ADDED, COOKIE)
         body = head + update
         stream.sock.sendall(HEADER.pack(fp.OFP_VERSION, fp.OFPT_MULTIPART_REPLY, 8 + len(body), 0) + body)
