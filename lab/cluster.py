@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -30,6 +33,7 @@ from lab import components as comp
 from lab import kubelet
 from lab import netns as netns_lib
 from lab.components import LabError, LabPaths
+from lab.forward import enter_netns
 from lab.kubeapi import KubeClient, KubeError
 from lab.ovs import OvsError, OvsNode
 from lab.procs import CommandError
@@ -40,6 +44,7 @@ PREFIX_FILE = "prefix"
 LEASE_DURATION = 6  # lab value: a killed leader is replaced within seconds
 LEASE_RENEW = 2
 READY_TIMEOUT = 60.0
+CONTROLLER_METRICS_PORT = 9102  # each replica serves its metrics here, in its node's namespace
 
 Progress = Callable[[str], None]
 
@@ -433,7 +438,7 @@ def _start_controller(store: StateStore, paths: LabPaths, node: NodeRecord) -> P
         "lease_renew_seconds": LEASE_RENEW,
         "resync_seconds": 60,
         "metrics_address": "0.0.0.0",
-        "metrics_port": 9102,
+        "metrics_port": CONTROLLER_METRICS_PORT,
         "log_level": "INFO",
     }
     config_path = paths.root / f"controller-{node.name}.yaml"
@@ -455,6 +460,29 @@ def start_controller(store: StateStore, paths: LabPaths, node: NodeRecord) -> Pr
     )
     store.update(lambda s: s.with_process(rec))
     return rec
+
+
+def controller_switches(node: NodeRecord) -> int | None:
+    """How many OpenFlow switches the controller replica running on `node` says are connected
+    to it (its `sluice_controller_switches_connected` metric); None when it does not answer."""
+    found: list[int] = []
+
+    def ask() -> None:  # in a thread of its own: entering the node's namespace is per thread
+        try:
+            enter_netns(node.netns)
+            url = f"http://127.0.0.1:{CONTROLLER_METRICS_PORT}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                body = answer.read().decode()
+        except OSError:
+            return
+        match = re.search(r"^sluice_controller_switches_connected (\S+)$", body, re.MULTILINE)
+        if match:
+            found.append(int(float(match.group(1))))
+
+    thread = threading.Thread(target=ask, name=f"metrics of the controller on {node.name}")
+    thread.start()
+    thread.join(5)
+    return found[0] if found else None
 
 
 def controller_rows(node: NodeRecord) -> list[tuple[str, str, bool]]:
@@ -727,6 +755,14 @@ def restart_component(store: StateStore, name: str) -> ProcessRecord:
         _wait_for(lambda: agent_status(node)[0], READY_TIMEOUT, f"the agent of {node.name}", Path(new.log))
     else:
         new = start_controller(store, paths, node)
+        # The new process itself must report every bridge: OVSDB's is_connected can still show
+        # the old connection (vswitchd refreshes controller status at its own pace).
+        _wait_for(
+            lambda: controller_switches(node) == len(state.nodes),
+            READY_TIMEOUT,
+            f"every bridge to connect to the restarted controller on {node.name}",
+            Path(new.log),
+        )
         target = f"tcp:{node.underlay_ip}:{comp.OPENFLOW_PORT}"
         for each in state.nodes:
             _wait_for(
