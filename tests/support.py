@@ -1,9 +1,12 @@
-"""Helpers shared by every test folder: the skip-locally, fail-in-CI rule for missing prerequisites."""
+"""Helpers shared by every test folder: the skip-locally, fail-in-CI rule for missing
+prerequisites, and polling for a condition."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -35,3 +38,12 @@ def require_root_and_ovs() -> None:
             or os.path.exists(f"/usr/bin/{tool}"),
             f"needs {tool}: `make test` installs openvswitch-switch and iproute2",
         )
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `check` (every 0.1 s) until true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)

@@ -19,6 +19,7 @@ from ovsagent.naming import PodIdentity
 from ovsagent.ovsdb import Connection, OvsdbError, PortSpec
 from tests.agent.conftest import BRIDGE, DATAPATH_ID, GATEWAY_PORT, AgentNode
 from tests.conftest import OvsNodeFactory
+from tests.support import wait_until
 
 DB = "Open_vSwitch"
 MARK_FLOW = "table=0,priority=7,ip,nw_dst=100.64.9.9,actions=drop"
@@ -193,12 +194,8 @@ def test_concurrent_callers_each_get_their_ports(agent_node: AgentNode) -> None:
 
 
 def _add_port_transactions(node: OvsNode) -> list[str]:
-    """The comments of the agent's add-ports transactions in the database log, oldest first."""
-    comments = []
-    for line in node.paths.db.read_text().splitlines():
-        if line.startswith("{") and "sluice-agent: add ports" in line:
-            comments.append(json.loads(line)["_comment"])
-    return comments
+    """The comments of the agent's port transactions that add ports, oldest first."""
+    return [c for c in _port_transactions(node) if "add ports [" in c]
 
 
 def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[], Any]]) -> list[Any]:
@@ -261,7 +258,7 @@ def test_port_adds_wait_together_while_vswitchd_catches_up(agent_node: AgentNode
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
             first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("h0", "internal")])
-            _until(lambda: len(_add_port_transactions(node)) == len(before) + 1)
+            wait_until(lambda: len(_add_port_transactions(node)) == len(before) + 1, 5, "h0's transaction")
             rest = [
                 pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec(f"h{i}", "internal")]) for i in (1, 2, 3)
             ]
@@ -290,11 +287,11 @@ def test_deletions_and_adds_held_meanwhile_share_one_transaction(agent_node: Age
     try:
         with ThreadPoolExecutor(max_workers=6) as pool:
             first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e0", "internal")])
-            _until(lambda: len(_port_transactions(node)) == len(before) + 1)
+            wait_until(lambda: len(_port_transactions(node)) == len(before) + 1, 5, "e0's transaction")
             dels = [pool.submit(ovsdb.del_ports, [f"d{i}"]) for i in range(3)]
             add = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e1", "internal")])
             nothing = pool.submit(ovsdb.del_ports, ["never-there"])
-            _until(lambda: len(ovsdb._port_changes) == 5)  # all held behind e0
+            wait_until(lambda: len(ovsdb._port_changes) == 5, 5, "all five held behind e0")
             os.kill(vswitchd, signal.SIGCONT)
             assert first.result(10)["e0"] > 0 and add.result(10)["e1"] > 0
             assert [d.result(10) for d in dels] == [["d0"], ["d1"], ["d2"]]
@@ -314,13 +311,6 @@ def _port_transactions(node: OvsNode) -> list[str]:
         if line.startswith("{") and "ports [" in line and "sluice-agent:" in line:
             comments.append(json.loads(line)["_comment"])
     return comments
-
-
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def test_a_bad_request_in_a_shared_transaction_fails_alone(agent_node: AgentNode) -> None:

@@ -7,8 +7,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lab.netns import Netns
@@ -93,15 +92,6 @@ def ofports(node: NodeRecord) -> dict[str, int]:
     """br-int's interfaces: {name: ofport}."""
     out = ovs(node).vsctl("--format=json", "--columns=name,ofport", "list", "Interface")
     return {str(name): int(port) for name, port in json.loads(out)["data"] if isinstance(port, int)}
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` (every 0.1 s) until true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def tcpdump(netns: str, interface: str, bpf: str, count: int, timeout: float) -> subprocess.Popen[str]:

@@ -13,7 +13,8 @@ from lab import cluster
 from lab.components import LabPaths
 from lab.kubeapi import KubeClient
 from tests.e2e.conftest import LabFactory
-from tests.e2e.helpers import PingRun, ofports, wait_until, warm_up
+from tests.e2e.helpers import PingRun, ofports, warm_up
+from tests.support import wait_until
 
 pytestmark = pytest.mark.ovs
 

@@ -15,7 +15,8 @@ from lab.components import LabPaths
 from lab.kubeapi import KubeClient, KubeError
 from lab.state import LabState, StateStore
 from ovsagent.naming import port_name
-from tests.e2e.helpers import PingRun, flows, ofports, probe, tcpdump, unreachable, wait_until, warm_up
+from tests.e2e.helpers import PingRun, flows, ofports, probe, tcpdump, unreachable, warm_up
+from tests.support import wait_until
 
 pytestmark = pytest.mark.ovs
 
