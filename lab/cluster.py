@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from lab import components as comp
 from lab import kubelet
 from lab import netns as netns_lib
 from lab.components import LabError, LabPaths
-from lab.forward import enter_netns
+from lab.forward import run_in_netns
 from lab.kubeapi import KubeClient, KubeError
 from lab.ovs import OvsError, OvsNode
 from lab.procs import CommandError
@@ -465,25 +464,19 @@ def start_controller(store: StateStore, paths: LabPaths, node: NodeRecord) -> Pr
 def controller_switches(node: NodeRecord) -> int | None:
     """How many OpenFlow switches the controller replica running on `node` says are connected
     to it (its `sluice_controller_switches_connected` metric); None when it does not answer."""
-    found: list[int] = []
 
-    def ask() -> None:  # in a thread of its own: entering the node's namespace is per thread
-        try:
-            enter_netns(node.netns)
-            url = f"http://127.0.0.1:{CONTROLLER_METRICS_PORT}/metrics"
-            direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
-            with direct.open(url, timeout=2) as answer:
-                body = answer.read().decode()
-        except OSError:
-            return
-        match = re.search(r"^sluice_controller_switches_connected (\S+)$", body, re.MULTILINE)
-        if match:
-            found.append(int(float(match.group(1))))
+    def fetch() -> str:
+        url = f"http://127.0.0.1:{CONTROLLER_METRICS_PORT}/metrics"
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+        with direct.open(url, timeout=2) as answer:
+            return str(answer.read().decode())
 
-    thread = threading.Thread(target=ask, name=f"metrics of the controller on {node.name}")
-    thread.start()
-    thread.join(5)
-    return found[0] if found else None
+    try:
+        body = run_in_netns(node.netns, fetch)
+    except OSError:
+        return None
+    match = re.search(r"^sluice_controller_switches_connected (\S+)$", body, re.MULTILINE)
+    return int(float(match.group(1))) if match else None
 
 
 def controller_rows(node: NodeRecord) -> list[tuple[str, str, bool]]:

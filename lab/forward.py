@@ -18,9 +18,12 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, TypeVar
 
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def enter_netns(name: str) -> None:
@@ -35,6 +38,29 @@ def enter_netns(name: str) -> None:
             raise OSError(err, f"setns into {name} failed: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def run_in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Return `fn()` run in a thread of its own that entered network namespace `name` first
+    (setns changes the calling thread only, so the caller's namespace is untouched). Re-raises
+    what `fn` or entering raised (OSError if the namespace cannot be entered). Sockets `fn`
+    creates stay in that namespace."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            enter_netns(name)
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"in netns {name}")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    value: T = result["value"]
+    return value
 
 
 def pump(src: socket.socket, dst: socket.socket, gate: threading.Event | None = None) -> None:

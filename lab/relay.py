@@ -13,9 +13,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import Any
 
-from lab.forward import enter_netns, pump
+from lab.forward import pump, run_in_netns
 
 DEFAULT_LISTEN_PORT = 6653  # the IANA OpenFlow port, where a bridge looks for its controller
 
@@ -25,28 +24,20 @@ def socket_in_netns(netns: str, address: tuple[str, int]) -> socket.socket:
 
     Raises OSError if the namespace cannot be entered or the address bound.
     """
-    result: dict[str, Any] = {}
 
-    def make() -> None:
-        # setns(CLONE_NEWNET) changes the namespace of the calling thread only; the thread ends
-        # right after, and the socket stays in the namespace it was created in.
+    def make() -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            enter_netns(netns)
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
             sock.listen(16)
-            result["sock"] = sock
-        except BaseException as exc:
-            result["error"] = exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
-    thread = threading.Thread(target=make)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    sock: socket.socket = result["sock"]
-    return sock
+    # the socket stays in the namespace it was created in
+    return run_in_netns(netns, make)
 
 
 class Relay:
