@@ -11,9 +11,10 @@ Writes that need ovs-vswitchd to act (a new port needs an ofport) increment `Ope
 in the same transaction, as `ovs-vsctl` does, and the caller then waits until vswitchd reports
 `cur_cfg >= next_cfg`. That wait (about 30 ms on the userspace datapath) is paid once per
 transaction, not per port: `add_pod_ports` and `del_ports` put any number of ports in one
-transaction, and concurrent `add_ports` calls (parallel CNI ADDs) share one: each queues its
-request and the IDL thread commits everything queued by then together (a group commit), so 20
-pods added at once cost a few transactions and vswitchd reconfigurations, not 20 in a row. The
+transaction, and concurrent `add_ports` and `del_ports` calls (parallel CNI ADDs and DELs)
+share one: each queues its request and the IDL thread commits everything queued by then
+together (a group commit), so 20 pods added at once cost a few transactions and vswitchd
+reconfigurations, not 20 in a row. The
 wait is a predicate the IDL thread re-checks after every update, so the thread keeps serving
 other callers meanwhile.
 
@@ -647,6 +648,10 @@ class Connection:
             else:
                 self._await_ports(request, next_cfg)
 
+    def _applied(self, next_cfg: int | None) -> bool:
+        """Whether ovs-vswitchd has applied configuration `next_cfg` (None: nothing to apply)."""
+        return next_cfg is None or _int(self._root().cur_cfg) >= next_cfg
+
     def _vswitchd_behind(self) -> bool:
         """Whether ovs-vswitchd has yet to apply a committed change (IDL thread). A replica
         without its root row says no: the commit that follows reports what is wrong."""
@@ -679,11 +684,10 @@ class Connection:
         """Resolve deletion `request` with the names it deleted once vswitchd has applied
         `next_cfg` (None: nothing changed) (IDL thread)."""
 
-        def applied() -> bool:
-            return next_cfg is None or _int(self._root().cur_cfg) >= next_cfg
-
         if not request.future.done():  # else the caller gave up meanwhile
-            self._waiters.append(_Waiter(applied, request.future, lambda: sorted(request.deleted)))
+            self._waiters.append(
+                _Waiter(lambda: self._applied(next_cfg), request.future, lambda: sorted(request.deleted))
+            )
 
     def _await_ports(self, request: _PortChange, next_cfg: int | None) -> None:
         """Resolve `request` once vswitchd has applied `next_cfg` (None: nothing changed) and
@@ -691,7 +695,7 @@ class Connection:
         names = [s.name for s in request.specs]
 
         def opened() -> bool:
-            if next_cfg is not None and _int(self._root().cur_cfg) < next_cfg:
+            if not self._applied(next_cfg):
                 return False
             return all((i := self._interface(n)) is not None and _ofport(i) is not None for n in names)
 
@@ -809,7 +813,7 @@ class Connection:
         if next_cfg is not None:
             remaining = max(0.0, deadline - time.monotonic())
             self._wait(
-                lambda: _int(self._root().cur_cfg) >= next_cfg,
+                lambda: self._applied(next_cfg),
                 remaining,
                 f"{what}: ovs-vswitchd did not apply configuration {next_cfg}",
             )
@@ -884,9 +888,7 @@ class Connection:
         except FutureTimeout:
             raise OvsdbError(f"{what} within {limit:.1f}s") from None
         finally:
-            if not waiter.future.done():
-                with contextlib.suppress(OvsdbError):  # closed meanwhile: nothing to remove
-                    self._call(lambda: self._waiters.remove(waiter) if waiter in self._waiters else None, 1.0)
+            waiter.future.cancel()  # if still pending, the IDL loop drops the waiter at its next pass
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is already pending; a closed one, that we are stopping.
