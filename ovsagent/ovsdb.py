@@ -52,11 +52,16 @@ import ovs.poller
 import ovs.stream
 import ovs.vlog
 
+from ovsagent.config import OFPORT_MAX
+
 log = logging.getLogger(__name__)
 _ovs_log = logging.getLogger(__name__ + ".ovs")
 
 T = TypeVar("T")
 OVS_DEBUG = logging.DEBUG - 5
+#: The key of `Connection._port_bridges`'s map among the replica's derived lookups (tables have
+#: their own names there).
+_PORT_BRIDGES = "port -> bridge"
 
 DEFAULT_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 DB_NAME = "Open_vSwitch"
@@ -103,6 +108,8 @@ class PortSpec:
 
     `type` is the Interface type: "" for an existing Linux device such as a veth end, "internal"
     for a device OVS creates. `mac` applies to internal ports only (OVS sets the device's MAC).
+    Raises ValueError for an `ofport_request` outside OpenFlow's port range (python-ovs would
+    log the bad value and leave the column unset, so the port would get any ofport).
     """
 
     name: str
@@ -111,6 +118,12 @@ class PortSpec:
     mac: str | None = None
     external_ids: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ofport_request is not None and not 1 <= self.ofport_request <= OFPORT_MAX:
+            raise ValueError(
+                f"port {self.name}: ofport_request {self.ofport_request} is not in 1-{OFPORT_MAX}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +268,10 @@ class Connection:
         self._port_changes: list[_PortChange] = []  # port adds and deletions awaiting a transaction
         self._holding = False  # port changes are held until vswitchd catches up (IDL thread only)
         self._waiters: list[_Waiter] = []
+        # Lookups computed from the replica as of IDL change `_derived_seqno` (IDL thread only):
+        # row uuids by name per table (`_named`), bridge by port name (`_port_bridges`)
+        self._derived: dict[str, dict[str, Any]] = {}
+        self._derived_seqno = -1
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         self._running = False
@@ -278,6 +295,7 @@ class Connection:
         for table, columns in COLUMNS.items():
             helper.register_columns(table, columns)
         self._idl = ovs.db.idl.Idl(self.target, helper)
+        self._forget_derived()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._running = True
         self._holding = False
@@ -417,18 +435,14 @@ class Connection:
         wanted_ids = dict(external_ids or {})
 
         def build(txn: ovs.db.idl.Transaction) -> bool:
-            idl = self._ready_idl()
             br = self._find("Bridge", name)
             changed = False
             if br is None:
-                iface = txn.insert(idl.tables["Interface"])
-                iface.name = name
+                iface = self._insert(txn, "Interface", name)
                 iface.type = "internal"
-                port = txn.insert(idl.tables["Port"])
-                port.name = name
+                port = self._insert(txn, "Port", name)
                 port.interfaces = [iface]
-                br = txn.insert(idl.tables["Bridge"])
-                br.name = name
+                br = self._insert(txn, "Bridge", name)
                 br.ports = [port]
                 self._root().addvalue("bridges", br)
                 changed = True
@@ -746,7 +760,6 @@ class Connection:
         """Add `request`'s ports to the transaction (or bring existing ones to spec); return whether
         anything changed (IDL thread)."""
         assert request.bridge is not None  # an add, not a deletion
-        idl = self._ready_idl()
         br = self._find("Bridge", request.bridge)
         if br is None:
             raise OvsdbError(f"bridge {request.bridge} does not exist")
@@ -755,10 +768,8 @@ class Connection:
             port = self._find("Port", spec.name)
             iface = self._find("Interface", spec.name)
             if port is None or iface is None:
-                iface = txn.insert(idl.tables["Interface"])
-                iface.name = spec.name
-                port = txn.insert(idl.tables["Port"])
-                port.name = spec.name
+                iface = self._insert(txn, "Interface", spec.name)
+                port = self._insert(txn, "Port", spec.name)
                 port.interfaces = [iface]
                 br.addvalue("ports", port)
                 changed = True
@@ -830,15 +841,20 @@ class Connection:
             attempts += 1
             txn = ovs.db.idl.Transaction(idl)
             try:
-                changed = build(txn)
-            except BaseException:
-                txn.abort()
-                raise
-            if not changed:
-                txn.abort()
-                return False, None
-            txn.add_comment(f"sluice-agent: {what}")
-            status = _commit(idl, txn, deadline)
+                try:
+                    changed = build(txn)
+                except BaseException:
+                    txn.abort()
+                    raise
+                if not changed:
+                    txn.abort()
+                    return False, None
+                txn.add_comment(f"sluice-agent: {what}")
+                status = _commit(idl, txn, deadline)
+            finally:
+                # Ended either way: the replica has its rows back (deletions undone, inserts gone)
+                # or will have the server's, so what was derived from it has to be recomputed.
+                self._forget_derived()
             if status == txn.SUCCESS:
                 return True, txn.get_increment_new_value()
             if status == txn.UNCHANGED:
@@ -973,16 +989,61 @@ class Connection:
         return rows[0]
 
     def _find(self, table: str, name: str) -> Any:
-        for row in self._ready_idl().tables[table].rows.values():
-            if row.name == name:
-                return row
-        return None
+        uuid = self._named(table).get(name)
+        return None if uuid is None else self._ready_idl().tables[table].rows.get(uuid)
+
+    def _named(self, table: str) -> dict[str, Any]:
+        """`table`'s row uuids by name (IDL thread).
+
+        A lookup used to read the name of every row, and python-ovs decodes a column on each
+        read: with a few dozen pods, the port lookups of a group commit and of its ofport waits
+        (re-checked after every update) took most of the agent's CPU during a burst of ADDs.
+        The index is rebuilt on first use after any change (`_derived_from_replica`). During a
+        transaction of ours, a row it deleted is gone from `rows` (`_find` checks) and a row it
+        inserts is added by `_insert`.
+        """
+        derived = self._derived_from_replica()
+        names = derived.get(table)
+        if names is None:
+            rows = self._ready_idl().tables[table].rows.values()
+            names = derived[table] = {row.name: row.uuid for row in rows}
+        return names
+
+    def _derived_from_replica(self) -> dict[str, dict[str, Any]]:
+        """The lookups computed from the replica, emptied whenever it may have changed since: an
+        update from the server (the IDL's change_seqno moved) or the end of a transaction of ours,
+        which changes `rows` until it ends (IDL thread)."""
+        seqno = self._ready_idl().change_seqno
+        if self._derived_seqno != seqno:
+            self._derived, self._derived_seqno = {}, seqno
+        return self._derived
+
+    def _forget_derived(self) -> None:
+        self._derived, self._derived_seqno = {}, -1
+
+    def _insert(self, txn: ovs.db.idl.Transaction, table: str, name: str) -> Any:
+        """Insert a row named `name` into `table` in `txn` and index it; return it."""
+        names = self._named(table)
+        row = txn.insert(self._ready_idl().tables[table])
+        row.name = name
+        names[name] = row.uuid
+        return row
 
     def _interface(self, name: str) -> Any:
         return self._find("Interface", name)
 
     def _port_bridges(self) -> dict[str, str]:
-        return {port.name: br.name for br in self._rows("Bridge") for port in br.ports}
+        """Bridge name by port name (IDL thread); kept with the derived lookups, except during a
+        transaction, whose own changes it would miss."""
+        if self._ready_idl().txn is not None:
+            return {port.name: br.name for br in self._rows("Bridge") for port in br.ports}
+        derived = self._derived_from_replica()
+        owners = derived.get(_PORT_BRIDGES)
+        if owners is None:
+            owners = derived[_PORT_BRIDGES] = {
+                port.name: br.name for br in self._rows("Bridge") for port in br.ports
+            }
+        return owners
 
     def _port_record(self, name: str) -> PortRecord | None:
         port = self._find("Port", name)

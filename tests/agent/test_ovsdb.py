@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from lab.ovs import OvsNode
 from lab.procs import run
 from ovsagent.naming import PodIdentity
-from ovsagent.ovsdb import Connection, OvsdbError, PortSpec
+from ovsagent.ovsdb import Connection, OvsdbError, PortSpec, _PortChange
 from tests.agent.conftest import BRIDGE, DATAPATH_ID, GATEWAY_PORT, AgentNode
 from tests.conftest import OvsNodeFactory
 from tests.support import wait_until
@@ -338,3 +338,44 @@ def test_calls_after_close_fail_clearly_and_start_reconnects(agent_node: AgentNo
     agent_node.ovsdb.start()
     record = agent_node.ovsdb.port(GATEWAY_PORT)
     assert record is not None and record.ofport == 2
+
+
+def test_lookups_follow_other_clients_and_failed_transactions(agent_node: AgentNode) -> None:
+    # The IDL thread indexes rows by name; the index must follow every change of the replica.
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    node.vsctl("add-port", BRIDGE, "ext0", "--", "set", "Interface", "ext0", "type=internal")
+    wait_until(lambda: (r := ovsdb.port("ext0")) is not None and r.bridge == BRIDGE, 5, "ext0 in the replica")
+    node.vsctl("add-br", "br-other", "--", "set", "Bridge", "br-other", "datapath_type=netdev")
+    node.vsctl("add-port", "br-other", "ext1", "--", "set", "Interface", "ext1", "type=internal")
+    wait_until(
+        lambda: (r := ovsdb.port("ext1")) is not None and r.bridge == "br-other", 5, "ext1 on br-other"
+    )
+    with pytest.raises(OvsdbError, match="port ext1 exists on bridge br-other, not br-int"):
+        ovsdb.add_pod_ports(BRIDGE, [PortSpec("ext1", "internal")])
+    node.vsctl("del-port", "ext0")
+    wait_until(lambda: ovsdb.port("ext0") is None, 5, "ext0 gone from the replica")
+
+    # An index built during a transaction does not outlive it: here a deletion in the transaction
+    # is followed by a lookup that finds the index stale (as when an update arrived since the
+    # last one) and rebuilds it without the deleted port; then the transaction fails.
+    ovsdb.add_pod_ports(BRIDGE, [PortSpec("keep0", "internal")])
+
+    def delete_then_fail(txn: Any) -> bool:
+        assert ovsdb._build_port_del(_PortChange(None, (), ("keep0",), Future(), 0.0))
+        ovsdb._forget_derived()
+        assert ovsdb._find("Port", "keep0") is None and ovsdb._find("Interface", "keep0") is None
+        raise RuntimeError("the build failed")
+
+    with pytest.raises(RuntimeError, match="the build failed"):
+        ovsdb._transact(delete_then_fail, "test: delete then fail", 5.0)
+    record = ovsdb.port("keep0")
+    assert record is not None and record.bridge == BRIDGE and record.ofport is not None and record.ofport > 0
+    assert "keep0" in node.vsctl("list-ports", BRIDGE).split()
+
+
+def test_an_ofport_request_outside_the_openflow_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="ofport_request 70000 is not in 1-65279"):
+        PortSpec("bad0", "internal", ofport_request=70000)
+    with pytest.raises(ValueError, match="ofport_request 0 is not in 1-65279"):
+        PortSpec("bad0", "internal", ofport_request=0)
+    assert PortSpec("ok0", "internal", ofport_request=65279).ofport_request == 65279
