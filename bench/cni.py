@@ -11,8 +11,9 @@ CNI_* environment and config on stdin, a fresh network namespace per pod created
   measured until it answers, i.e. until the pod's flows are on br-int: a controller stand-in
   watches the Pods (a real watch on the API server) and the node's OVSDB (for ofports, which the
   controller learns from the switch) and, as soon as a pod's network status is published,
-  installs the flows `flows/` compiles for it that are not on br-int yet with one
-  `ovs-ofctl --bundle add-flows`, as the tests do. That stand-in's reaction is part of the number.
+  recompiles the node as the controller does (incrementally, with a `CompileCache`) and installs
+  the flows that differ from its last push with one `ovs-ofctl --bundle add-flows`, as the tests
+  do. That stand-in's reaction is part of the number.
 * Reference: `/usr/lib/cni/bridge` with `host-local` IPAM (`isGateway`, its own podCIDR), run in
   a namespace of its own.
 
@@ -54,7 +55,9 @@ from typing import Any
 from kubernetes import watch
 
 from flows.cluster import Cluster, PodSpec
-from flows.compiler import compile_node
+from flows.compiler import CompileCache, compile_node
+from flows.diff import diff
+from flows.flowset import FlowSet
 from flows.ofctl import render_flows
 from lab import netns as lab_netns
 from ovsagent import ovsdb
@@ -94,8 +97,9 @@ def percentile(values: list[float], pct: float) -> float:
 class WatchingStandIn:
     """The controller's part, event-driven as the controller is: a watch on the Pods for their
     network status, an OVSDB replica for their ports' ofports (the controller learns those from
-    the switch's port-status messages), and `ovs-ofctl --bundle add-flows` of the flows `flows/`
-    compiles that are not on br-int yet, one push at a time on a worker."""
+    the switch's port-status messages), and, one push at a time on a worker, an incremental
+    compile of the node and `ovs-ofctl --bundle add-flows` of the flows new or changed since the
+    last push (the controller diffs the same way; this stand-in never deletes flows)."""
 
     def __init__(self, bed: AgentBed) -> None:
         self.bed = bed
@@ -106,7 +110,8 @@ class WatchingStandIn:
         self._installer = threading.Thread(target=self._install_loop, daemon=True)
         self._watch = watch.Watch()
         self._done: set[str] = set()
-        self._installed: set[str] = set()  # flow lines already pushed
+        self._cache = CompileCache()
+        self._pushed = FlowSet()  # the last compile, all of it pushed (stale flows are left)
         self._pods: dict[str, PodSpec] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -199,12 +204,11 @@ class WatchingStandIn:
         with self._lock:
             self._pods.update((p.name, p) for p in specs)
             every = tuple(self._pods.values())
-        cluster = Cluster((self._node,), every)
-        lines = render_flows(compile_node(cluster, self.bed.node_name)).splitlines(keepends=True)
-        new = [line for line in lines if line not in self._installed]
-        if new:
-            self.bed.node.add_flows("br-int", "".join(new))
-            self._installed.update(new)
+        desired = compile_node(Cluster((self._node,), every), self.bed.node_name, self._cache)
+        plan = diff(self._pushed, desired)
+        if plan.adds or plan.modifies:
+            self.bed.node.add_flows("br-int", render_flows([*plan.adds, *plan.modifies]))
+        self._pushed = desired
         now = time.monotonic()
         with self._installed_cond:
             for name, _ in pods:
