@@ -9,11 +9,11 @@ CNI_* environment and config on stdin, a fresh network namespace per pod created
 * Sluice: the real `sluice-cni` (installed as `sluice install-cni` installs it) talking to the
   real `sluice-agent` (veth pods, userspace OVS in a node namespace, the lab API server). ADD is
   measured until it answers, i.e. until the pod's flows are on br-int: a controller stand-in
-  watches the Pods (a real watch on the API server) and the node's OVSDB (for ofports, which the
-  controller learns from the switch) and, as soon as a pod's network status is published,
-  recompiles the node as the controller does (incrementally, with a `CompileCache`) and installs
-  the flows that differ from its last push with one `ovs-ofctl --bundle add-flows`, as the tests
-  do. That stand-in's reaction is part of the number.
+  watches the Pods (a real watch on the API server) and the node's OVSDB (`ovsdb-client monitor`
+  of the ofport column: the controller learns ofports from the switch) and, as soon as a pod's
+  network status is published, recompiles the node as the controller does (incrementally, with a
+  `CompileCache`) and installs the flows that differ from its last push with one
+  `ovs-ofctl --bundle add-flows`, as the tests do. That stand-in's reaction is part of the number.
 * Reference: `/usr/lib/cni/bridge` with `host-local` IPAM (`isGateway`, its own podCIDR), run in
   a namespace of its own.
 
@@ -60,7 +60,6 @@ from flows.diff import diff
 from flows.flowset import FlowSet
 from flows.ofctl import render_flows
 from lab import netns as lab_netns
-from ovsagent import ovsdb
 from ovsagent.naming import port_name
 from tests.agent.harness import AgentBed, InNetns, agent_bed, standalone_factories
 from tests.cni.conftest import plugin_path
@@ -94,9 +93,65 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+class OfportWatch:
+    """The ofport of every Interface, kept up to date by `ovsdb-client monitor` (name and ofport
+    columns only, parsed by that C program and by the json module's C decoder). The controller
+    learns ofports from the switch's port-status messages; a python-ovs replica of the node's
+    OVSDB would cost this process (which also hosts the API server stand-in and the measuring
+    threads) a pure-Python JSON parse of every port's whole row."""
+
+    def __init__(self, db_target: str) -> None:
+        self._proc = subprocess.Popen(
+            [
+                "ovsdb-client",
+                "--format=json",
+                "monitor",
+                db_target,
+                "Open_vSwitch",
+                "Interface",
+                "name,ofport",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._ofports: dict[str, int] = {}
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if not line.startswith("{"):
+                continue
+            table = json.loads(line)
+            with self._changed:
+                for row in table["data"]:
+                    values = dict(zip(table["headings"], row, strict=True))
+                    name, ofport = values["name"], values["ofport"]
+                    if values["action"] == "delete":
+                        self._ofports.pop(name, None)
+                    elif values["action"] in ("initial", "insert", "new") and isinstance(ofport, int):
+                        self._ofports[name] = ofport  # (an unassigned ofport is an empty set)
+                self._changed.notify_all()
+
+    def wait_for_ofport(self, name: str, timeout: float = 10.0) -> int:
+        """Return `name`'s ofport once vswitchd has assigned one; raise RuntimeError after `timeout`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._ofports.get(name, -1) > 0, timeout):
+                raise RuntimeError(f"interface {name} got no ofport within {timeout}s")
+            return self._ofports[name]
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._reader.join(10)
+
+
 class WatchingStandIn:
     """The controller's part, event-driven as the controller is: a watch on the Pods for their
-    network status, an OVSDB replica for their ports' ofports (the controller learns those from
+    network status, an `OfportWatch` for their ports' ofports (the controller learns those from
     the switch's port-status messages), and, one push at a time on a worker, an incremental
     compile of the node and `ovs-ofctl --bundle add-flows` of the flows new or changed since the
     last push (the controller diffs the same way; this stand-in never deletes flows)."""
@@ -105,7 +160,7 @@ class WatchingStandIn:
         self.bed = bed
         self._ns = InNetns(f"/run/netns/{bed.node.netns}")
         self._node = bed.node_spec()  # the node's annotations do not change during the run
-        self._ovsdb = ovsdb.Connection(bed.node.db_target).start()
+        self._ofports = OfportWatch(bed.node.db_target)
         self._pending: queue.Queue[tuple[str, ipaddress.IPv4Address] | None] = queue.Queue()
         self._installer = threading.Thread(target=self._install_loop, daemon=True)
         self._watch = watch.Watch()
@@ -133,7 +188,7 @@ class WatchingStandIn:
         self._pending.put(None)
         self._installer.join(10)
         self._ns.close()
-        self._ovsdb.close()
+        self._ofports.close()
 
     def _loop(self) -> None:
         # list, then watch from the list's resourceVersion on, resuming where the last event left
@@ -199,7 +254,7 @@ class WatchingStandIn:
                 return
 
     def _install_flows(self, pods: list[tuple[str, ipaddress.IPv4Address]]) -> None:
-        node, ofport = self.bed.node_name, self._ovsdb.wait_for_ofport
+        node, ofport = self.bed.node_name, self._ofports.wait_for_ofport
         specs = [PodSpec("default", pod, node, ip, ofport(port_name("default", pod))) for pod, ip in pods]
         with self._lock:
             self._pods.update((p.name, p) for p in specs)
