@@ -1,7 +1,5 @@
 """CNI error codes (the spec's well-known codes, named as libcni names them) and the CniError exception."""
 
-from __future__ import annotations
-
 
 class ErrorCode:
     """The CNI spec's well-known error codes (0-99 reserved), plus libcni's 8 and 999.

@@ -11,9 +11,6 @@ Errors carry the config's cniVersion once stdin has been decoded, and the plugin
 version before that (the spec leaves this case open; the maintainers suggest the preferred one).
 """
 
-from __future__ import annotations
-
-import os
 import sys
 import time
 
@@ -37,7 +34,7 @@ MAX_TIMEOUT_SECONDS = 3600.0
 class Invocation:
     """One run of the plugin for a forwarded command: env, the start time, the version errors carry."""
 
-    def __init__(self, env: Mapping[str, str], started: float) -> None:
+    def __init__(self, env: "Mapping[str, str]", started: float) -> None:
         self.env = env
         self.started = started
         self.command = env.get("CNI_COMMAND", "")
@@ -118,7 +115,7 @@ class Invocation:
             "netns": self.env.get("CNI_NETNS", "") if attachment else "",
             "ifname": ifname,
             "cniArgs": cni_args,
-            "path": [p for p in self.env.get("CNI_PATH", "").split(os.pathsep) if p],
+            "path": [p for p in self.env.get("CNI_PATH", "").split(":") if p],
             "cniVersion": version,
             "config": config,
             "prevResult": None if prev_result is None else spec.current_prev_result(prev_result),
@@ -129,7 +126,7 @@ class Invocation:
             write_stdout(fastjson.dumps(result))
         return 0
 
-    def _decode(self, data: bytes) -> dict[str, Any]:
+    def _decode(self, data: bytes) -> "dict[str, Any]":
         if not data.strip():
             raise CniError(ErrorCode.DECODING_FAILURE, "no network configuration on stdin")
         try:
@@ -174,7 +171,7 @@ class Invocation:
             )
         return version
 
-    def _agent_socket(self, config: Mapping[str, Any]) -> str:
+    def _agent_socket(self, config: "Mapping[str, Any]") -> str:
         path = config.get("agentSocket")
         if path is None:
             return wire.DEFAULT_SOCKET
@@ -190,7 +187,7 @@ class Invocation:
             )
         return path
 
-    def _timeout(self, config: Mapping[str, Any]) -> float:
+    def _timeout(self, config: "Mapping[str, Any]") -> float:
         value = config.get("timeoutSeconds")
         if value is None:
             return DEFAULT_TIMEOUTS[self.command]
@@ -203,7 +200,9 @@ class Invocation:
             )
         return float(value)
 
-    def _ask_agent(self, socket_path: str, message: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    def _ask_agent(
+        self, socket_path: str, message: "dict[str, Any]", timeout: float
+    ) -> "dict[str, Any] | None":
         """Send the request; return the shaped ADD result (None for other commands); raise CniError."""
         # STATUS asks "can you serve ADD?": an agent that cannot be reached or does not answer
         # cannot, which is code 50. For the others the runtime should simply retry later (11).

@@ -4,8 +4,6 @@ Standard library only and no heavy imports (no `re`, `json`, `dataclasses`): the
 on every forwarded call. The regular expressions of the spec are implemented as character sets.
 """
 
-from __future__ import annotations
-
 from cni.errors import CniError, ErrorCode
 from cni.versions import CURRENT_VERSION
 
@@ -101,7 +99,7 @@ def _parse_bool(text: str) -> bool | None:
     return None
 
 
-def parse_cni_args(text: str) -> dict[str, Any]:
+def parse_cni_args(text: str) -> "dict[str, Any]":
     """Parse CNI_ARGS (`K=V;K=V`) into its wire form (see `cni.wire`); raise CniError code 4.
 
     Known keys: IgnoreUnknown, K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_INFRA_CONTAINER_ID,
@@ -174,7 +172,7 @@ def _schema(version: str) -> str:
     return "1.0" if version == "1.0.0" else "1.1"
 
 
-def _list_of_dicts(result: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+def _list_of_dicts(result: "Mapping[str, Any]", key: str) -> "list[Mapping[str, Any]]":
     value = result.get(key)
     if value is None:
         return []
@@ -183,7 +181,7 @@ def _list_of_dicts(result: Mapping[str, Any], key: str) -> list[Mapping[str, Any
     return value
 
 
-def _pick(item: Mapping[str, Any], keys: Sequence[str], where: str) -> dict[str, Any]:
+def _pick(item: "Mapping[str, Any]", keys: "Sequence[str]", where: str) -> "dict[str, Any]":
     out: dict[str, Any] = {}
     for key in keys:
         value = item.get(key)
@@ -198,7 +196,7 @@ def _pick(item: Mapping[str, Any], keys: Sequence[str], where: str) -> dict[str,
     return out
 
 
-def shape_result(result: Mapping[str, Any], version: str) -> dict[str, Any]:
+def shape_result(result: "Mapping[str, Any]", version: str) -> "dict[str, Any]":
     """Return the agent's 1.1.0-shaped ADD result converted to the schema of `version`.
 
     Raises ValueError naming the field when the result is not a valid CNI result.
@@ -246,7 +244,7 @@ def shape_result(result: Mapping[str, Any], version: str) -> dict[str, Any]:
     return shaped
 
 
-def current_prev_result(prev_result: Mapping[str, Any]) -> dict[str, Any]:
+def current_prev_result(prev_result: "Mapping[str, Any]") -> "dict[str, Any]":
     """Return a runtime-supplied prevResult in the 1.1.0 shape the agent reads.
 
     Lenient on purpose (a later plugin in the chain may have added entries): it only drops the
@@ -266,7 +264,7 @@ def current_prev_result(prev_result: Mapping[str, Any]) -> dict[str, Any]:
 GC_ATTACHMENT_KEYS: tuple[str, ...] = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 
-def gc_attachments(config: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+def gc_attachments(config: "Mapping[str, Any]") -> list[tuple[str, str]] | None:
     """Return the (containerID, ifname) pairs a GC must keep, or None when the config names none.
 
     Reads `cni.dev/valid-attachments`, else the legacy `cni.dev/attachments`. A JSON null is an

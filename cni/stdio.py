@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations`: on the VERSION path even that import is measurable.
 
-import os
+import posix
 import sys
 import time
 
@@ -22,7 +22,7 @@ def read_stdin(timeout: float, *, skip_tty: bool) -> bytes:
     import select
 
     try:
-        if skip_tty and os.isatty(0):
+        if skip_tty and posix.isatty(0):
             return b""
     except OSError:
         return b""
@@ -40,7 +40,7 @@ def read_stdin(timeout: float, *, skip_tty: bool) -> bytes:
         if not ready:
             continue
         try:
-            chunk = os.read(0, 1 << 16)
+            chunk = posix.read(0, 1 << 16)
         except OSError as exc:
             raise StdinError(f"cannot read the network configuration from stdin: {exc}") from exc
         if not chunk:

@@ -26,8 +26,6 @@ This module holds the dict-level format so that the plugin can use it without im
 layer (`cni.protocol`, which the agent uses) and its start-up cost.
 """
 
-from __future__ import annotations
-
 import time
 from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as _unix_socket
@@ -87,7 +85,7 @@ class AgentHungUp(AgentError):
 # ---- framing -------------------------------------------------------------------------------------
 
 
-def encode_message(message: Mapping[str, Any]) -> bytes:
+def encode_message(message: "Mapping[str, Any]") -> bytes:
     """Return `message` as one frame (compact JSON + newline); raise ProtocolError if it cannot be."""
     try:
         text = fastjson.dumps(message, compact=True)
@@ -99,7 +97,7 @@ def encode_message(message: Mapping[str, Any]) -> bytes:
     return data
 
 
-def decode_message(frame: bytes) -> dict[str, Any]:
+def decode_message(frame: bytes) -> "dict[str, Any]":
     """Return the JSON object in one frame (trailing newline optional); raise ProtocolError."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {len(frame)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
@@ -122,7 +120,7 @@ def decode_message(frame: bytes) -> dict[str, Any]:
     return message
 
 
-def read_frame(stream: BinaryIO) -> bytes:
+def read_frame(stream: "BinaryIO") -> bytes:
     """Read one newline-terminated frame from a binary stream; raise ProtocolError on EOF or overflow."""
     frame = stream.readline(MAX_MESSAGE_BYTES + 1)
     if not frame:
@@ -137,7 +135,7 @@ def read_frame(stream: BinaryIO) -> bytes:
 # ---- message checks ------------------------------------------------------------------------------
 
 
-def _str_field(message: Mapping[str, Any], key: str, where: str = "request") -> str:
+def _str_field(message: "Mapping[str, Any]", key: str, where: str = "request") -> str:
     value = message.get(key)
     if not isinstance(value, str):
         raise ProtocolError(f"{where} field {key!r} must be a string, not {value!r}")
@@ -160,7 +158,7 @@ def check_request_args(args: object) -> None:
         raise ProtocolError("cniArgs.extra must be a list of [key, value] string pairs")
 
 
-def check_request(message: dict[str, Any]) -> dict[str, Any]:
+def check_request(message: "dict[str, Any]") -> "dict[str, Any]":
     """Return `message` if it is a valid request (see the module docstring); raise ProtocolError."""
     command = message.get("command")
     if command not in FORWARDED_COMMANDS:
@@ -196,7 +194,7 @@ def check_request(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def check_response(message: dict[str, Any]) -> dict[str, Any]:
+def check_response(message: "dict[str, Any]") -> "dict[str, Any]":
     """Return `message` if it is a valid response (see the module docstring); raise ProtocolError."""
     has_result, has_error = "result" in message, "error" in message
     if has_result == has_error:
@@ -228,7 +226,7 @@ def _remaining(deadline: float, socket_path: str, total: float) -> float:
     return left
 
 
-def exchange(socket_path: str, message: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+def exchange(socket_path: str, message: "Mapping[str, Any]", timeout: float) -> "dict[str, Any]":
     """Send one request to the agent at `socket_path` and return its checked response object.
 
     Every step (connect, send, each read) is bounded by one deadline `timeout` seconds from now.
@@ -273,7 +271,7 @@ def exchange(socket_path: str, message: Mapping[str, Any], timeout: float) -> di
         sock.close()
 
 
-def write_frame(stream: BinaryIO, message: Mapping[str, Any]) -> None:
+def write_frame(stream: "BinaryIO", message: "Mapping[str, Any]") -> None:
     """Write one message as a frame to a binary stream and flush it."""
     stream.write(encode_message(message))
     stream.flush()
