@@ -54,6 +54,7 @@ from typing import Any
 
 from kubernetes import watch
 
+from bench.stats import percentile
 from flows.cluster import Cluster, PodSpec
 from flows.compiler import CompileCache, compile_node
 from flows.diff import diff
@@ -84,13 +85,6 @@ def timed_exec(plugin: Path, env: dict[str, str], config: dict[str, Any]) -> tup
     if proc.returncode != 0:
         raise RuntimeError(f"{plugin.name} {env['CNI_COMMAND']} {env['CNI_CONTAINERID']}: {proc.stdout!r}")
     return elapsed, proc.stdout.decode()
-
-
-def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of `values`."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
 
 
 class OfportWatch:

@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.stats import percentile
 from lab import cluster, kubelet
 from lab import netns as netns_lib
 from lab.components import LabError
@@ -43,13 +44,6 @@ from lab.ovs import OvsNode
 from lab.state import NodeRecord, StateStore
 
 REFERENCE_CNI = Path("/usr/lib/cni")
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of `values`."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
 
 
 def pinger(netns: str, ip: str, deadline: float) -> subprocess.Popen[bytes]:

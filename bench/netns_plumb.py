@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from bench.stats import percentile
 from lab import netns as lab_netns
 from ovsagent import netns
 
@@ -38,15 +39,10 @@ GATEWAY = ipaddress.IPv4Address("100.64.1.1")
 MTU = 1442
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _row(what: str, seconds: list[float]) -> str:
     ms = [s * 1000 for s in seconds]
     return (
-        f"{what:<28} n={len(ms):<3} p50 {_percentile(ms, 0.5):6.2f} ms  p99 {_percentile(ms, 0.99):6.2f} ms"
+        f"{what:<28} n={len(ms):<3} p50 {percentile(ms, 50):6.2f} ms  p99 {percentile(ms, 99):6.2f} ms"
         f"  max {max(ms):6.2f} ms  mean {statistics.fmean(ms):6.2f} ms"
     )
 

@@ -40,10 +40,19 @@ def require_root_and_ovs() -> None:
         )
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` (every 0.1 s) until true; fail naming `what` after `timeout` seconds."""
+def wait_until(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.1,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll `check` every `interval` seconds until true; after `timeout` seconds fail naming
+    `what`, with `detail()` appended (e.g. the state that was waited on)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+            message = f"timed out after {timeout}s waiting for {what}"
+            raise AssertionError(f"{message}:\n{detail()}" if detail is not None else message)
+        time.sleep(interval)

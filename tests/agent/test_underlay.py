@@ -10,13 +10,13 @@ new MAC, or Geneve packets to the node are lost.
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Callable
 
 from lab import netns as lab_netns
 from lab.ovs import FailMode, OvsNode
 from tests.agent.harness import UNDERLAY, UNDERLAY_IF, AgentBed, agent_bed
 from tests.conftest import NetnsFactory, OvsNodeFactory
+from tests.support import wait_until
 
 PEER_UNDERLAY = ipaddress.IPv4Interface("198.18.0.12/24")
 PEER_IF = "phy0"
@@ -39,11 +39,7 @@ def _tunnel_mac(peer: OvsNode, ip: ipaddress.IPv4Address) -> str | None:
 
 
 def _wait_for(what: str, check: Callable[[], bool], extra: Callable[[], str]) -> None:
-    deadline = time.monotonic() + WAIT
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {WAIT}s:\n{extra()}")
-        time.sleep(0.1)
+    wait_until(check, WAIT, what, detail=extra)
 
 
 def _peer(ovs_node_factory: OvsNodeFactory) -> OvsNode:

@@ -19,13 +19,11 @@ from lab.apiserver import ApiServer, ServerOptions
 from lab.apiserver.kubeconfig import api_client
 from tests.controller.harness import free_port
 from tests.controller.kube import node_obj, pod_obj
+from tests.support import wait_until
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
+    wait_until(check, timeout, "the informer to catch up", interval=0.05)
 
 
 @pytest.fixture

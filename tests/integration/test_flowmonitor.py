@@ -8,7 +8,6 @@ woke it counts a `monitor_wakeup` and makes no query after its initial one.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from lab.ovs import OvsNode
 from ovsagent.flowprobe import FlowProbe, FlowProbeStats, added_cookies, pod_cookie
 from tests.conftest import OvsNodeFactory
+from tests.support import wait_until
 
 GENEROUS = 30.0  # seconds; only ever a bound on a hang, never an assertion on speed
 
@@ -32,11 +32,8 @@ def flow_line(cookie: int, n: int = 1, table: int = 3) -> str:
 
 
 def eventually(what: str, predicate: Callable[[], bool], timeout: float = GENEROUS) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.005)
+    """`wait_until`, polling often: these tests watch millisecond-scale reactions."""
+    wait_until(predicate, timeout, what, interval=0.005)
 
 
 class Wait:
