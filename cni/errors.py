@@ -1,5 +1,8 @@
 """CNI error codes (the spec's well-known codes, named as libcni names them) and the CniError exception."""
 
+# No `from __future__ import annotations` (see cni/plugin.py): annotations that name typing-only
+# names are quoted.
+
 
 class ErrorCode:
     """The CNI spec's well-known error codes (0-99 reserved), plus libcni's 8 and 999.

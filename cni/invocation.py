@@ -11,6 +11,9 @@ Errors carry the config's cniVersion once stdin has been decoded, and the plugin
 version before that (the spec leaves this case open; the maintainers suggest the preferred one).
 """
 
+# No `from __future__ import annotations` (see cni/plugin.py): annotations that name typing-only
+# names are quoted.
+
 import sys
 import time
 

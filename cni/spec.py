@@ -4,6 +4,9 @@ Standard library only and no heavy imports (no `re`, `json`, `dataclasses`): the
 on every forwarded call. The regular expressions of the spec are implemented as character sets.
 """
 
+# No `from __future__ import annotations` (see cni/plugin.py): annotations that name typing-only
+# names are quoted.
+
 from cni.errors import CniError, ErrorCode
 from cni.versions import CURRENT_VERSION
 

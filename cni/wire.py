@@ -26,6 +26,9 @@ This module holds the dict-level format so that the plugin can use it without im
 layer (`cni.protocol`, which the agent uses) and its start-up cost.
 """
 
+# No `from __future__ import annotations` (see cni/plugin.py): annotations that name typing-only
+# names are quoted.
+
 import time
 from _socket import AF_UNIX, SOCK_STREAM
 from _socket import socket as _unix_socket
