@@ -8,7 +8,8 @@ The plugin needs only the standard library, so it is installed as:
 
 * `DIR/NAME`: a five-line launcher run as `PYTHON -IS` (isolated mode: no PYTHON* variables, no
   user site, no current directory on the path; and no `site` at all), which puts the library
-  directory first on sys.path and calls `cni.plugin.main`;
+  directory first on sys.path and calls `cni.plugin.run` (which exits without the interpreter's
+  finalization);
 * `DIR/.NAME.d/DIGEST/cni/`: the `cni` package, compiled in advance (unchecked hash-based .pyc,
   so no timestamp is ever compared). DIGEST is a hash of the sources and the interpreter.
 
@@ -45,8 +46,8 @@ LAUNCHER = """#!{python} -IS
 # {name}: the Sluice CNI plugin, written by `sluice install-cni`; its code is in {lib}
 import sys
 sys.path.insert(0, {lib!r})
-from cni.plugin import main
-sys.exit(main())
+from cni.plugin import run
+run()
 """
 
 

@@ -92,5 +92,21 @@ def main() -> int:
         return 1
 
 
+def run() -> None:
+    """Run `main` and end the process with its exit code, without the interpreter's finalization.
+
+    Finalization (module teardown, a last garbage collection) is about 2 ms of a 12 ms call, on
+    every pod's ADD. Nothing needs it: `main` has written and flushed the answer, logs end with a
+    newline, and the plugin holds no resource that outlives the process anyway.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 (contextlib would be one more import at every start)
+            stream.flush()
+        except (OSError, ValueError):  # the reader went away: nothing useful left to do
+            pass
+    posix._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

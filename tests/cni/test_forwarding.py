@@ -225,6 +225,16 @@ def test_no_agent_socket_is_try_again_later_or_not_available(
     assert error["cniVersion"] == version
 
 
+def test_a_failure_is_logged_on_stderr_before_the_plugin_exits(plugin: Path, sockdir: str) -> None:
+    # The plugin ends with _exit (no interpreter finalization, so no logging shutdown either):
+    # its log line must still be out, whole.
+    missing = os.path.join(sockdir, "absent.sock")
+    run = run_plugin(plugin, cni_env("ADD"), config_for("ADD", "1.1.0", missing))
+    assert run.error()["code"] == 11
+    log = run.stderr.decode()
+    assert log.endswith("\n") and "ADD container=" in log and "failed with code 11" in log, log
+
+
 @pytest.mark.parametrize("command", ["ADD", "DEL", "STATUS"])
 def test_a_stale_socket_file_is_try_again_later_or_not_available(
     plugin: Path, sockdir: str, command: str
