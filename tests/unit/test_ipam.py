@@ -408,6 +408,9 @@ def _allocate_inherited(ipam: Ipam, queue: Any) -> None:
     queue.put(str(ipam.allocate(Owner("forked", "eth0")).ip))
 
 
+# eventlet, imported by other tests of the same run (os-ken, python-ovs), warns at any fork; the
+# child here only allocates an address.
+@pytest.mark.filterwarnings("ignore:Using fork\\(\\) is a bad idea:DeprecationWarning")
 def test_forked_child_takes_its_own_lock(ipam: Ipam) -> None:
     """A child inheriting an Ipam must not share the parent's flock (one open file description)."""
     ctx = multiprocessing.get_context("fork")
