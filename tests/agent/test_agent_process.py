@@ -332,6 +332,42 @@ def _twenty_parallel_adds(bed: AgentBed) -> None:
         assert bed.ofport(port_name("default", name)) is not None
 
 
+def test_concurrent_adds_and_dels_of_many_pods_leave_exactly_the_live_ones(veth_bed: AgentBed) -> None:
+    # Churn: every pod goes ADD, DEL, ADD (and the odd ones DEL again), all pods at once, so
+    # adds and deletions of different pods share OVSDB transactions while the agent's row
+    # index is rebuilt under them. Afterwards the node holds exactly the live pods.
+    bed = veth_bed
+    names = [f"churn-{i}" for i in range(12)]
+    for name in names:
+        bed.create_pod(name)
+    failures: list[str] = []
+    added: dict[str, Any] = {}
+
+    def churn(i: int, name: str) -> None:
+        for step in ["ADD", "DEL", "ADD"] + (["DEL"] if i % 2 else []):
+            run = bed.cni(step, name, timeoutSeconds=60)
+            if run.returncode != 0:
+                failures.append(f"{step} {name}: {run.stdout!r}")
+            elif step == "ADD":
+                added[name] = run.output
+
+    threads = [threading.Thread(target=churn, args=(i, name)) for i, name in enumerate(names)]
+    with ControllerStandIn(bed):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert failures == []
+        live = [name for i, name in enumerate(names) if i % 2 == 0]
+        for name in live:
+            bed.cni("CHECK", name, prevResult=added[name]).ok()
+    ports = set(bed.node.vsctl("list-ports", BRIDGE).split())
+    assert {n for n in names if port_name("default", n) in ports} == set(live)
+    assert sorted(f"{r}/24" for r in _ip_records(bed)) == sorted(added[n]["ips"][0]["address"] for n in live)
+    for name in names:
+        assert (NETWORK_STATUS in bed.annotations(name)) == (name in live), name
+
+
 def _ifindex(netns_name: str, ifname: str) -> int:
     out = lab_netns.Netns(netns_name).ip("-o", "link", "show", "dev", ifname).stdout
     return int(out.split(":", 1)[0])
