@@ -744,11 +744,12 @@ class Connection:
         """Delete `request`'s ports that exist, from whichever bridge, noting which in
         `request.deleted`; return whether there were any (IDL thread)."""
         request.deleted.clear()  # a retried transaction builds again
-        wanted = set(request.deletes)
+        names = self._named("Port")
+        wanted = {uuid: name for name in request.deletes if (uuid := names.get(name)) is not None}
         for br in self._rows("Bridge"):
             for port in br.ports:
-                name = port.name  # a deleted row cannot be read any more
-                if name in wanted:
+                name = wanted.get(port.uuid)  # by uuid: reading each port's name costs a decode
+                if name is not None:
                     br.delvalue("ports", port)
                     for iface in port.interfaces:
                         iface.delete()
@@ -1035,9 +1036,8 @@ class Connection:
     def _port_bridges(self) -> dict[str, str]:
         """Bridge name by port name (IDL thread); kept with the derived lookups, except during a
         transaction, whose own changes it would miss."""
-        if self._ready_idl().txn is not None:
-            return {port.name: br.name for br in self._rows("Bridge") for port in br.ports}
-        derived = self._derived_from_replica()
+        in_transaction = self._ready_idl().txn is not None
+        derived = {} if in_transaction else self._derived_from_replica()
         owners = derived.get(_PORT_BRIDGES)
         if owners is None:
             owners = derived[_PORT_BRIDGES] = {
