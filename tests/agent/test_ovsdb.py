@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -215,12 +216,22 @@ def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[],
         return [f.exception() or f.result() for f in futures]
 
 
-def test_a_caller_that_gives_up_on_vswitchd_leaves_nothing_waiting(agent_node: AgentNode) -> None:
-    node, ovsdb = agent_node.node, agent_node.ovsdb
+@contextlib.contextmanager
+def _vswitchd_stopped(node: OvsNode) -> Iterator[Callable[[], None]]:
+    """Hold ovs-vswitchd stopped (SIGSTOP: ovsdb-server keeps committing, nobody applies the
+    changes) for the block; yields a function that lets it run again early. Always resumed."""
     vswitchd = node.pids.vswitchd
     assert vswitchd is not None
-    os.kill(vswitchd, signal.SIGSTOP)  # ovsdb-server commits; nobody opens the port
+    os.kill(vswitchd, signal.SIGSTOP)
     try:
+        yield lambda: os.kill(vswitchd, signal.SIGCONT)
+    finally:
+        os.kill(vswitchd, signal.SIGCONT)
+
+
+def test_a_caller_that_gives_up_on_vswitchd_leaves_nothing_waiting(agent_node: AgentNode) -> None:
+    node, ovsdb = agent_node.node, agent_node.ovsdb
+    with _vswitchd_stopped(node):  # ovsdb-server commits; nobody opens the port
         gave_up = r"'slow0'\] to br-int: ovs-vswitchd did not open them within 0.5s"
         with pytest.raises(OvsdbError, match=gave_up):
             ovsdb.add_pod_ports(BRIDGE, [PortSpec("slow0", "internal")], timeout=0.5)
@@ -228,8 +239,6 @@ def test_a_caller_that_gives_up_on_vswitchd_leaves_nothing_waiting(agent_node: A
         # still not open: nothing accumulates while vswitchd is stuck
         ovsdb._call(lambda: None, 1.0)
         assert ovsdb._call(lambda: list(ovsdb._waiters), 1.0) == []
-    finally:
-        os.kill(vswitchd, signal.SIGCONT)
     # the port was committed: once vswitchd runs again, a retry finds it open
     assert ovsdb.add_pod_ports(BRIDGE, [PortSpec("slow0", "internal")], timeout=5.0)["slow0"] > 0
 
@@ -252,24 +261,17 @@ def test_concurrent_adds_share_one_transaction(agent_node: AgentNode) -> None:
 def test_port_adds_wait_together_while_vswitchd_catches_up(agent_node: AgentNode) -> None:
     node, ovsdb = agent_node.node, agent_node.ovsdb
     before = _add_port_transactions(node)
-    vswitchd = node.pids.vswitchd
-    assert vswitchd is not None
-    os.kill(vswitchd, signal.SIGSTOP)  # the first add commits, and vswitchd stays behind
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("h0", "internal")])
-            wait_until(lambda: len(_add_port_transactions(node)) == len(before) + 1, 5, "h0's transaction")
-            rest = [
-                pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec(f"h{i}", "internal")]) for i in (1, 2, 3)
-            ]
-            # held, not committed: a caller giving up meanwhile says what it waited for
-            with pytest.raises(OvsdbError, match="ovs-vswitchd did not apply the changes before them within"):
-                ovsdb.add_pod_ports(BRIDGE, [PortSpec("h9", "internal")], timeout=0.3)
-            assert len(_add_port_transactions(node)) == len(before) + 1
-            os.kill(vswitchd, signal.SIGCONT)
-            ofports = [f.result(10)[f"h{i}"] for i, f in enumerate([first, *rest])]
-    finally:
-        os.kill(vswitchd, signal.SIGCONT)
+    # the first add commits, and vswitchd stays behind
+    with _vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("h0", "internal")])
+        wait_until(lambda: len(_add_port_transactions(node)) == len(before) + 1, 5, "h0's transaction")
+        rest = [pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec(f"h{i}", "internal")]) for i in (1, 2, 3)]
+        # held, not committed: a caller giving up meanwhile says what it waited for
+        with pytest.raises(OvsdbError, match="ovs-vswitchd did not apply the changes before them within"):
+            ovsdb.add_pod_ports(BRIDGE, [PortSpec("h9", "internal")], timeout=0.3)
+        assert len(_add_port_transactions(node)) == len(before) + 1
+        resume()
+        ofports = [f.result(10)[f"h{i}"] for i, f in enumerate([first, *rest])]
     assert len(set(ofports)) == 4 and all(p > 0 for p in ofports)
     # vswitchd reconfigured twice, not four times: h1-h3 went in one transaction
     first_txn, shared = _add_port_transactions(node)[len(before) :]
@@ -281,23 +283,17 @@ def test_deletions_and_adds_held_meanwhile_share_one_transaction(agent_node: Age
     node, ovsdb = agent_node.node, agent_node.ovsdb
     ovsdb.add_pod_ports(BRIDGE, [PortSpec(f"d{i}", "internal") for i in range(3)])
     before = _port_transactions(node)
-    vswitchd = node.pids.vswitchd
-    assert vswitchd is not None
-    os.kill(vswitchd, signal.SIGSTOP)
-    try:
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e0", "internal")])
-            wait_until(lambda: len(_port_transactions(node)) == len(before) + 1, 5, "e0's transaction")
-            dels = [pool.submit(ovsdb.del_ports, [f"d{i}"]) for i in range(3)]
-            add = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e1", "internal")])
-            nothing = pool.submit(ovsdb.del_ports, ["never-there"])
-            wait_until(lambda: len(ovsdb._port_changes) == 5, 5, "all five held behind e0")
-            os.kill(vswitchd, signal.SIGCONT)
-            assert first.result(10)["e0"] > 0 and add.result(10)["e1"] > 0
-            assert [d.result(10) for d in dels] == [["d0"], ["d1"], ["d2"]]
-            assert nothing.result(10) == []
-    finally:
-        os.kill(vswitchd, signal.SIGCONT)
+    with _vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e0", "internal")])
+        wait_until(lambda: len(_port_transactions(node)) == len(before) + 1, 5, "e0's transaction")
+        dels = [pool.submit(ovsdb.del_ports, [f"d{i}"]) for i in range(3)]
+        add = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e1", "internal")])
+        nothing = pool.submit(ovsdb.del_ports, ["never-there"])
+        wait_until(lambda: len(ovsdb._port_changes) == 5, 5, "all five held behind e0")
+        resume()
+        assert first.result(10)["e0"] > 0 and add.result(10)["e1"] > 0
+        assert [d.result(10) for d in dels] == [["d0"], ["d1"], ["d2"]]
+        assert nothing.result(10) == []
     [shared] = _port_transactions(node)[len(before) + 1 :]
     assert all(name in shared for name in ("'d0'", "'d1'", "'d2'", "'e1'", "'never-there'")), shared
     ports = set(node.vsctl("list-ports", BRIDGE).split())
