@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cni.errors import CniError, ErrorCode
@@ -27,6 +28,7 @@ from ovsagent import netns
 from ovsagent.attach import AttachError, AttachmentKind, AttachSpec, DetachSpec, attachment_for
 from ovsagent.config import AgentConfig, DatapathType
 from ovsagent.crashpoints import CrashHook, Stage, no_crash
+from ovsagent.durable import makedirs_durable, remove_durable, write_atomic
 from ovsagent.flowprobe import FlowProbe, pod_cookie
 from ovsagent.ipam import (
     Attachment,
@@ -51,6 +53,8 @@ RESULT_VERSION = "1.1.0"
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Time kept back from the plugin's deadline so a failed wait still reaches the runtime as code 11.
 DEADLINE_MARGIN = 0.5
+# In the state dir while the pods of a lost br-int are still to be restored (see Agent._restore).
+RESTORE_MARK = "restore-pending"
 
 
 class AgentCode(enum.IntEnum):
@@ -192,6 +196,12 @@ class Agent:
         self._node: NodeState | None = None
         self._ipam: Ipam | None = None
         self._not_ready = "node set-up has not run yet"
+        # Set when br-int had to be created while pods may hold addresses (the bridge was deleted,
+        # or OVSDB lost its database): the next reconciliation that runs restores their ports.
+        # Also kept on disk (`RESTORE_MARK`), so that a restart in the middle still restores.
+        self._restore_pending = False
+        # Set when the resync found node set-up undone (bridge, gateway or Geneve port gone).
+        self._setup_pending = False
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         self._resync_thread: threading.Thread | None = None
@@ -203,8 +213,12 @@ class Agent:
 
         When the podCIDR is not known yet (or the API server is unreachable), a background thread
         retries; STATUS answers 50 meanwhile. Raises OvsdbError/NodeSetupError when br-int itself
-        cannot be set up.
+        cannot be set up. When br-int does not exist yet, the reconciliation also restores the
+        pods that hold an address without a port (`_restore`): the bridge was lost with them.
         """
+        self._restore_pending = self._restore_mark.exists()
+        if self.ovsdb.bridge(self.config.bridge) is None:
+            self._mark_restore()
         ensure_bridge(self.config, self.ovsdb)
         if not self.try_setup():
             self._retry_thread = threading.Thread(target=self._retry_setup, name="node-setup", daemon=True)
@@ -249,13 +263,14 @@ class Agent:
         # Exclusive: when set-up is retried in the background, DEL and GC are already served.
         try:
             with self.gate.exclusive():
-                self.reconcile(ipam, state)
+                self._reconcile(ipam, state)
         except (OvsdbError, IpamError) as exc:
             log.error("reconcile failed (stale ports or addresses may remain until GC): %s", exc)
         with self._state_lock:
             if self._ipam is not None:
                 self._ipam.close()
             self._node, self._ipam = state, ipam
+        self._setup_pending = False
         self.metrics.ready.set(1)
         return True
 
@@ -280,42 +295,91 @@ class Agent:
 
     def resync(self) -> bool:
         """Run the restart reconciliation again while serving (alone: no CNI operation is in
-        flight); return False when it was skipped (node not set up, or br-int gone)."""
+        flight); return False when it was skipped or failed (node not set up, no OVSDB).
+
+        When br-int, the gateway port or the Geneve port is gone, node set-up runs again first
+        (`try_setup`); with br-int gone, the pods it carried are restored (`_restore`).
+        """
         with self._state_lock:
             node, ipam = self._node, self._ipam
         if node is None or ipam is None:
             return False
         with self.gate.exclusive():
             try:
-                bridge = self.ovsdb.bridge(self.config.bridge) if self.ovsdb.is_connected() else None
+                if not self.ovsdb.is_connected():
+                    log.warning("resync skipped: no OVSDB connection to %s", self.ovsdb.target)
+                    return False
+                lost = self._lost_setup()
             except OvsdbError as exc:
                 log.warning("resync skipped: %s", exc)
                 return False
-            if bridge is None:
-                # Every port went with the bridge: reconciling now would free the address of
-                # every pod that still holds it. STATUS reports 51 meanwhile.
-                log.error("resync skipped: bridge %s is gone (STATUS answers 51)", self.config.bridge)
-                return False
-            try:
-                self.reconcile(ipam, node)
-            except (OvsdbError, IpamError) as exc:
-                log.error("resync failed: %s", exc)
-                return False
-        return True
+            if not lost and not self._setup_pending:
+                try:
+                    self._reconcile(ipam, node)
+                except (OvsdbError, IpamError) as exc:
+                    log.error("resync failed: %s", exc)
+                    return False
+                return True
+            if lost == [self.config.bridge]:
+                # Every port went with the bridge. Reconciling against the empty bridge would
+                # free the address of every pod that still holds it: restore them instead.
+                self._mark_restore()
+            if lost:
+                log.error("%s gone: setting the node up again", ", ".join(lost))
+            self._setup_pending = True
+        # try_setup takes the gate itself, for its reconciliation
+        return self.try_setup()
 
-    def reconcile(self, ipam: Ipam, node: NodeState) -> None:
+    def _lost_setup(self) -> list[str]:
+        """Return what node set-up made that is gone: [br-int], or the gateway and Geneve ports
+        missing from it (empty: nothing). Raises OvsdbError."""
+        if self.ovsdb.bridge(self.config.bridge) is None:
+            return [self.config.bridge]
+        return [name for name in (self.config.gateway_port, TUNNEL_PORT) if self.ovsdb.port(name) is None]
+
+    @property
+    def _restore_mark(self) -> Path:
+        return self.config.state_dir / RESTORE_MARK
+
+    def _mark_restore(self) -> None:
+        """Remember, durably, that the pods of a lost br-int are to be restored: before br-int is
+        created again, so that an agent killed before restoring them all still restores them."""
+        self._restore_pending = True
+        try:
+            makedirs_durable(self.config.state_dir)
+            write_atomic(
+                self._restore_mark, b"br-int was lost: its pods are restored at the next reconciliation\n"
+            )
+        except OSError as exc:  # this process still restores them; a restart would not
+            log.error("cannot record the pending restore in %s: %s", self._restore_mark, exc)
+
+    def _reconcile(self, ipam: Ipam, node: NodeState) -> None:
+        """`reconcile`, restoring lost pods while a restore is pending (until one reconciliation
+        actually ran: one skipped for want of the Pod list leaves it pending)."""
+        if self.reconcile(ipam, node, restore=self._restore_pending) and self._restore_pending:
+            try:
+                remove_durable(self._restore_mark)
+            except OSError as exc:
+                log.error(
+                    "cannot remove %s (a restart will look for lost pods again): %s", self._restore_mark, exc
+                )
+            self._restore_pending = False
+
+    def reconcile(self, ipam: Ipam, node: NodeState, *, restore: bool = False) -> bool:
         """Restart reconciliation: delete the ports of pods that are gone, free IPs of nothing.
 
         Live pods are not touched, except an `internal` one whose device died with an
         ovs-vswitchd restart (userspace internal ports are taps owned by vswitchd), which is
-        attached again. Does nothing when the Pods cannot be listed (deleting on a failed list
-        would cut every pod off). Runs before ADD is served.
+        attached again. With `restore` (br-int was lost and created again), pods that hold an
+        address but have no port are attached again first (`_restore`). Does nothing and returns
+        False when the Pods cannot be listed (deleting on a failed list would cut every pod off).
+        Runs before ADD is served.
         """
         try:
             pods = {(p.namespace, p.name): p.uid for p in self.kube.list_pods_on_node(self.config.node_name)}
         except KubeError as exc:
             log.warning("reconcile skipped: cannot list this node's Pods: %s", exc)
-            return
+            return False
         live: list[Attachment] = []
         stale: list[PortRecord] = []
         repaired = 0
@@ -345,17 +409,71 @@ class Agent:
                     self._detach(record, record.external_ids.get(Key.NETNS) or None)
                 except AttachError as exc:
                     log.error("reconcile: %s", exc)
+        restored = self._restore(ipam, node, pods, set(live)) if restore else []
+        live += restored
         orphans = self._remove_orphan_veths()
         freed = ipam.reconcile(live)
         log.info(
-            "reconciled: %d live pod(s) kept (%d re-attached), %d stale port(s) and %d orphan veth(s) "
-            "removed, %d IP(s) freed",
+            "reconciled: %d live pod(s) kept (%d re-attached, %d restored), %d stale port(s) and "
+            "%d orphan veth(s) removed, %d IP(s) freed",
             len(live),
             repaired,
+            len(restored),
             len(stale),
             len(orphans),
             len(freed),
         )
+        return True
+
+    def _restore(
+        self, ipam: Ipam, node: NodeState, pods: dict[tuple[str, str], str], ported: set[Attachment]
+    ) -> list[Attachment]:
+        """Attach again the pods that lost their ports with br-int; return their attachments.
+
+        A candidate holds an address but has no port (not in `ported`); it is restored when its
+        Pod is still bound to this node (same uid) and its sandbox's namespace, recorded with the
+        address, still exists. It gets its address, MAC and port name back; its interface is
+        made again (`veth`: a new pair, the old host end is removed; `internal`: the device died
+        with its port). One pod at a time, so one failure costs only that pod, whose address is
+        then freed like any address of nothing. Records written before the namespace was
+        recorded cannot be restored.
+        """
+        attachment = attachment_for(self.config.interface_type.value, self.ovsdb, host_netns=self.host_netns)
+        self.crash_hook(Stage.RESTORE_STARTED)
+        restored = []
+        for allocation in ipam.allocations():
+            owner = allocation.owner
+            if owner is None or owner.attachment in ported:
+                continue
+            uid = pods.get((owner.pod_namespace, owner.pod_name))
+            who = f"pod {owner.pod_namespace}/{owner.pod_name} ({allocation.ip})"
+            if uid is None or (uid and owner.pod_uid and uid != owner.pod_uid):
+                continue  # its Pod is gone: the address belongs to nothing
+            if not owner.netns or not os.path.exists(owner.netns):
+                why = "its sandbox's namespace is gone" if owner.netns else "its record names no namespace"
+                log.warning("%s lost its port and cannot be restored: %s", who, why)
+                continue
+            identity = PodIdentity(
+                owner.pod_namespace,
+                owner.pod_name,
+                owner.pod_uid,
+                owner.container_id,
+                owner.ifname,
+                _v4(allocation.interface),
+                owner.netns,
+            )
+            with self.locks.hold(owner.container_id, identity.port_name):
+                try:
+                    attachment.attach(self._spec(identity, node))
+                except AttachError as exc:
+                    log.error("%s lost its port and restoring it failed: %s", who, exc)
+                    continue
+            log.warning(
+                "%s lost its port with %s: restored as %s", who, self.config.bridge, identity.port_name
+            )
+            restored.append(owner.attachment)
+            self.crash_hook(Stage.RESTORE_POD_RESTORED)
+        return restored
 
     def _remove_orphan_veths(self) -> list[str]:
         """Delete host-side veth ends named like pod ports that are no OVS interface: what an ADD
@@ -449,7 +567,7 @@ class Agent:
         # the gate keeps a periodic resync out while an address exists without its port
         with self.gate.shared(), self.locks.hold(cid, pod.port_name):
             ours = self._take_over_port(pod, cid, ifname, ipam)
-            owner = Owner(cid, ifname, pod.namespace, pod.name, pod.uid)
+            owner = Owner(cid, ifname, pod.namespace, pod.name, pod.uid, request.netns)
             allocation = _allocate(ipam, owner, _requested_ip(request))
             self.crash_hook(Stage.ADD_IP_RESERVED)
             identity = PodIdentity(
@@ -677,12 +795,12 @@ class Agent:
         """STATUS: 0 when ADD can be served, 50 when it cannot, 51 when pods may be cut off."""
         try:
             connected = self.ovsdb.is_connected()
-            bridge = self.ovsdb.bridge(self.config.bridge) if connected else None
+            lost = self._lost_setup() if connected else []
         except OvsdbError as exc:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection: {exc}") from None
         if not connected:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection to {self.ovsdb.target}")
-        if bridge is None:
+        if lost == [self.config.bridge]:
             raise CniError(
                 ErrorCode.LIMITED_CONNECTIVITY,
                 f"bridge {self.config.bridge} is gone: existing pods may be cut off",
@@ -691,17 +809,10 @@ class Agent:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {self._not_ready}")
         # Without its gateway port no pod reaches the node; without the Geneve port no pod reaches
         # another node. Both exist once node set-up ran, so a missing one was deleted under us.
-        try:
-            missing = [
-                name for name in (self.config.gateway_port, TUNNEL_PORT) if self.ovsdb.port(name) is None
-            ]
-        except OvsdbError as exc:
-            raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection: {exc}") from None
-        if missing:
+        if lost:
             raise CniError(
                 ErrorCode.LIMITED_CONNECTIVITY,
-                f"OVS port(s) {', '.join(missing)} gone from {self.config.bridge}: "
-                "existing pods may be cut off",
+                f"OVS port(s) {', '.join(lost)} gone from {self.config.bridge}: existing pods may be cut off",
             )
 
     # --------------------------------------------------------------------------------------- GC

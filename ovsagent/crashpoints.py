@@ -1,4 +1,5 @@
-"""Named crash points: a test hook that SIGKILLs the agent process at one stage of ADD or DEL.
+"""Named crash points: a test hook that SIGKILLs the agent process at one stage of ADD, of DEL, or of
+restoring the pods of a lost br-int.
 
 The crash-safety tests (tests/agent/test_crash_safety.py) start the real agent with
 `SLUICE_TEST_CRASH_AT=<stage>`; when the agent reaches that stage it kills itself with SIGKILL (no
@@ -22,8 +23,9 @@ CRASH_ENV = "SLUICE_TEST_CRASH_AT"
 
 
 class Stage(enum.StrEnum):
-    """The stages of ADD and DEL, in the order they happen (the attachment kind decides whether the
-    pod interface is configured before the OVS port exists, `veth`, or after, `internal`)."""
+    """The stages of ADD, DEL and restore, in the order they happen (the attachment kind decides
+    whether the pod interface is configured before the OVS port exists, `veth`, or after,
+    `internal`)."""
 
     ADD_IP_RESERVED = "add:ip-reserved"  # the IPAM record is durable, nothing plumbed yet
     ADD_PORT_CREATED = "add:port-created"  # the OVS port exists with its identity
@@ -34,6 +36,8 @@ class Stage(enum.StrEnum):
     DEL_INTERFACE_REMOVED = "del:interface-removed"  # host end and pod interface are gone
     DEL_IP_RELEASED = "del:ip-released"  # the IPAM record is gone, the annotations are not
     DEL_UNPUBLISHED = "del:unpublished"  # everything is released, the answer is not sent
+    RESTORE_STARTED = "restore:started"  # br-int was created again, no lost pod restored yet
+    RESTORE_POD_RESTORED = "restore:pod-restored"  # one lost pod has its port again
 
 
 CrashHook = Callable[[Stage], None]

@@ -6,7 +6,8 @@ Store layout (under `store_dir`)::
     lock                  flock(2) target for the whole store; its content is a cache hint (below)
     allocations/<ip>      one file per allocated address, name = canonical IP text, content = JSON
                           {"version", "ip", "container_id", "ifname", "pod_namespace", "pod_name",
-                          "pod_uid"}
+                          "pod_uid", "netns"} ("netns", the sandbox's namespace path, may be
+                          absent: records of agents before it was added)
     allocations/.tmp.*    a write in progress, or left by a crash; removed under the lock
 
 Crash safety. A record is written to a temporary file, fsync'ed, then hard-linked to its final name
@@ -55,6 +56,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovsagent.durable import TMP_PREFIX, fsync_dir, makedirs_durable, write_atomic, write_synced
+
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -65,7 +68,6 @@ RECORD_VERSION = 1
 RANGE_FILE = "range"
 LOCK_FILE = "lock"
 ALLOCATIONS_DIR = "allocations"
-TMP_PREFIX = ".tmp."
 # The smallest IPv4 range with one pod address: network, gateway, pod, broadcast.
 MAX_IPV4_PREFIX = 30
 _MAX_RECORD_BYTES = 64 * 1024
@@ -87,13 +89,15 @@ class Attachment:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who holds an address: the attachment (the key) plus the pod it belongs to."""
+    """Who holds an address: the attachment (the key) plus the pod it belongs to, and the
+    sandbox's network namespace (what restoring a pod whose OVS port was lost needs)."""
 
     container_id: str
     ifname: str
     pod_namespace: str = ""
     pod_name: str = ""
     pod_uid: str = ""
+    netns: str = ""
 
     @property
     def attachment(self) -> Attachment:
@@ -246,7 +250,7 @@ class Ipam:
         self._mutex = threading.Lock()
         self._pid = os.getpid()
         try:
-            _makedirs_durable(self._alloc_dir)
+            makedirs_durable(self._alloc_dir)
             self._lock_fd: int | None = self._open_lock()
         except OSError as exc:
             raise StoreError(self._dir, f"cannot create or open: {exc.strerror or exc}") from exc
@@ -468,7 +472,7 @@ class Ipam:
             records[ip] = self._read_record(ip, path)
         if removed_tmp:
             with contextlib.suppress(OSError):
-                _fsync_dir(self._alloc_dir)
+                fsync_dir(self._alloc_dir)
         self._records = records
 
     def _read_record(self, ip: IPAddress, path: Path) -> Allocation:
@@ -518,7 +522,7 @@ class Ipam:
             )
         payload = json.dumps({"version": RECORD_VERSION, "cidr": str(self._network)}).encode()
         try:
-            _write_atomic(path, payload)
+            write_atomic(path, payload)
         except OSError as exc:
             raise StoreError(path, f"cannot write: {exc.strerror or exc}") from exc
 
@@ -547,12 +551,13 @@ class Ipam:
                 "pod_namespace": owner.pod_namespace,
                 "pod_name": owner.pod_name,
                 "pod_uid": owner.pod_uid,
+                "netns": owner.netns,
             },
             sort_keys=True,
         ).encode()
         try:
             self._bump()
-            _write_synced(tmp, payload)
+            write_synced(tmp, payload)
             try:
                 os.link(tmp, final)
             except FileExistsError:
@@ -563,7 +568,7 @@ class Ipam:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-            _fsync_dir(self._alloc_dir)
+            fsync_dir(self._alloc_dir)
         except OSError as exc:
             self._generation = None  # the disk is in an unknown state: re-read it next time
             raise StoreError(final, f"cannot record the allocation: {exc.strerror or exc}") from exc
@@ -580,7 +585,7 @@ class Ipam:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._alloc_dir / str(allocation.ip))
                 del self._records[allocation.ip]
-            _fsync_dir(self._alloc_dir)
+            fsync_dir(self._alloc_dir)
         except OSError as exc:
             self._generation = None
             raise StoreError(self._alloc_dir, f"cannot remove a record: {exc.strerror or exc}") from exc
@@ -663,7 +668,7 @@ def _owner_from_record(doc: object, ip: IPAddress) -> Owner:
     if doc.get("ip") != str(ip):
         raise ValueError(f"records address {doc.get('ip')!r}, not {ip}")
     values: dict[str, str] = {}
-    for key in ("container_id", "ifname", "pod_namespace", "pod_name", "pod_uid"):
+    for key in ("container_id", "ifname", "pod_namespace", "pod_name", "pod_uid", "netns"):
         value = doc.get(key, "")
         if not isinstance(value, str):
             raise ValueError(f"{key} is not a string")
@@ -671,55 +676,3 @@ def _owner_from_record(doc: object, ip: IPAddress) -> Owner:
     if not values["container_id"] or not values["ifname"]:
         raise ValueError("container_id or ifname is empty")
     return Owner(**values)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, payload: bytes) -> None:
-    """Create `path` (which must not exist) with `payload`, fsync'ed."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    os.close(fd)
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Replace `path` with `payload`: temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    _write_synced(tmp, payload)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _makedirs_durable(path: Path) -> None:
-    """Create `path` and missing parents, fsync'ing each parent so the new entries survive a crash."""
-    missing: list[Path] = []
-    probe = path.absolute()
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o755)
-        _fsync_dir(directory.parent)
-    if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a directory")

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import os
 import stat
+import subprocess
 import threading
 import time
 import urllib.request
@@ -40,6 +41,7 @@ from tests.agent.harness import (
     agent_bed,
 )
 from tests.conftest import NetnsFactory, OvsNodeFactory
+from tests.support import wait_until
 
 KINDS = ["veth", "internal"]
 METRICS_PORT = 19101  # on the node namespace's own loopback: never taken by anything else
@@ -521,6 +523,108 @@ def test_internal_pod_is_attached_again_after_a_vswitchd_restart(
         assert spec.ofport is not None
         bed.install_flows({"web-1": (port_name("default", "web-1"), spec.ip, spec.ofport)})
         assert ping(pod_ns, UNDERLAY.ip, count=2).received >= 2
+
+
+def _reinstall_flows(bed: AgentBed, pods: list[str]) -> None:
+    """Install the pods' flows on a rebuilt br-int, as the controller does when it reconnects."""
+    flows: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
+    for pod in pods:
+        spec = bed.pod_spec(pod)
+        assert spec.ofport is not None, f"{pod} has no ofport"
+        flows[pod] = (port_name("default", pod), spec.ip, spec.ofport)
+    bed.install_flows(flows)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deleted_bridge_is_rebuilt_by_the_resync_and_its_pods_restored(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory, kind: str
+) -> None:
+    with agent_bed(ovs_node_factory, netns, interface_type=kind) as bed:
+        bed.start_agent(resync_seconds=0.3)
+        pods = ["web-1", "web-2"]
+        results = {}
+        for name in pods:
+            bed.create_pod(name)
+            run, _ = bed.add_ready(name)
+            results[name] = run.ok()
+        records = _ip_records(bed)
+        statuses = {name: bed.annotations(name)[NETWORK_STATUS] for name in pods}
+        old_gateway = bed.node_annotations()["sluice.io/gateway-ofport"]
+        bed.node.vsctl("del-br", BRIDGE)
+        wait_until(
+            lambda: all(bed.ofport(port_name("default", name)) for name in pods),
+            15,
+            "the resync to rebuild br-int and restore both pods' ports",
+            detail=lambda: bed.agent.log() if bed.agent else "",
+        )
+        bed.cni("STATUS").ok()
+        # same addresses, nothing freed or published anew; the interfaces are as ADD made them
+        assert _ip_records(bed) == records
+        assert {name: bed.annotations(name)[NETWORK_STATUS] for name in pods} == statuses
+        for name in pods:
+            bed.cni("CHECK", name, prevResult=results[name]).ok()
+        # the gateway port is published again (a new bridge may number it differently)
+        gateway = bed.node.ofport("sluice-gw0")
+        assert bed.node_annotations()["sluice.io/gateway-ofport"] == str(gateway), old_gateway
+        _reinstall_flows(bed, pods)
+        web1 = os.path.basename(bed.pods["web-1"])
+        assert ping(web1, GATEWAY, count=1).received >= 1
+        web2_ip = json.loads(statuses["web-2"])[0]["ips"][0]
+        assert ping(web1, ipaddress.IPv4Address(web2_ip), count=1).received >= 1
+        # and the pods are served as before
+        bed.cni("DEL", "web-2").ok()
+        assert web2_ip not in _ip_records(bed)
+
+
+def test_resync_puts_back_deleted_gateway_and_geneve_ports(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with agent_bed(ovs_node_factory, netns) as bed:
+        bed.start_agent(resync_seconds=0.3)
+        tunnel_ofport = bed.node.ofport("sluice-tun0")
+        bed.node.vsctl("del-port", BRIDGE, "sluice-tun0", "--", "del-port", BRIDGE, "sluice-gw0")
+        wait_until(
+            lambda: bed.cni("STATUS").returncode == 0,
+            15,
+            "STATUS 0 again",
+            detail=lambda: bed.agent.log() if bed.agent else "",
+        )
+        assert bed.node.ofport("sluice-tun0") == tunnel_ofport  # the configured, fixed one
+        assert bed.node_annotations()["sluice.io/gateway-ofport"] == str(bed.node.ofport("sluice-gw0"))
+        bed.create_pod("web-1")
+        run, _ = bed.add_ready("web-1")
+        run.ok()
+        assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
+
+
+def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_pods_only(
+    veth_bed: AgentBed,
+) -> None:
+    bed = veth_bed
+    pods = ["web-1", "web-2", "web-3"]
+    for name in pods:
+        bed.create_pod(name)
+        run, _ = bed.add_ready(name)
+        run.ok()
+    ips = {name: json.loads(bed.annotations(name)[NETWORK_STATUS])[0]["ips"][0] for name in pods}
+    assert bed.agent is not None and bed.agent.stop() == 0
+    # while the agent is down: the bridge is deleted, web-2's Pod too, web-3's sandbox too
+    bed.node.vsctl("del-br", BRIDGE)
+    bed.in_node.run(bed.core.delete_namespaced_pod, "web-2", "default")
+    # (`ip netns delete`, as a runtime removes a sandbox; the fixture's registry entry stays)
+    subprocess.run(["ip", "netns", "delete", os.path.basename(bed.pods["web-3"])], check=True)
+    bed.start_agent()
+    log = bed.agent.log()
+    assert "web-1" in log and "restored" in log, log
+    assert "sandbox's namespace is gone" in log, log
+    # web-1 is back with its address; web-2 and web-3 are gone, addresses and host ends alike
+    assert bed.ofport(port_name("default", "web-1")) is not None
+    assert _ip_records(bed) == [ips["web-1"]]
+    for name in ("web-2", "web-3"):
+        assert bed.ofport(port_name("default", name)) is None
+        assert not lab_netns.link_exists(bed.node.netns, port_name("default", name))
+    _reinstall_flows(bed, ["web-1"])
+    assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])

@@ -30,13 +30,15 @@ import pytest
 
 from lab import netns as lab_netns
 from lab.traffic import ping
+from ovsagent.agent import RESTORE_MARK
 from ovsagent.crashpoints import CRASH_ENV, Stage
 from ovsagent.naming import PORT_NAME_RE, port_name
-from tests.agent.harness import GATEWAY, AgentBed, agent_bed, standalone_factories
+from tests.agent.harness import BRIDGE, GATEWAY, AgentBed, agent_bed, standalone_factories
 
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 ADD_STAGES = [s for s in Stage if s.value.startswith("add:")]
 DEL_STAGES = [s for s in Stage if s.value.startswith("del:")]
+RESTORE_STAGES = [s for s in Stage if s.value.startswith("restore:")]
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,7 @@ def _crash_at(crash_bed: CrashBed, stage: Stage) -> None:
     _assert_live_untouched(bed, live)
 
 
-@pytest.mark.parametrize("stage", list(Stage), ids=[s.value for s in Stage])
+@pytest.mark.parametrize("stage", ADD_STAGES + DEL_STAGES, ids=lambda s: s.value)
 def test_veth_agent_killed_at_each_stage_leaks_nothing(veth_crash_bed: CrashBed, stage: Stage) -> None:
     _crash_at(veth_crash_bed, stage)
 
@@ -202,3 +204,36 @@ def test_unknown_crash_point_is_refused_by_name(veth_crash_bed: CrashBed) -> Non
     assert bed.agent is not None and bed.agent.proc.returncode == 2
     bed.start_agent(resync_seconds=0)
     _assert_live_untouched(bed, veth_crash_bed.live)
+
+
+@pytest.mark.parametrize("stage", RESTORE_STAGES, ids=lambda s: s.value)
+def test_agent_killed_while_restoring_a_lost_bridge_restores_every_pod_at_restart(
+    veth_crash_bed: CrashBed, stage: Stage
+) -> None:
+    bed = veth_crash_bed.bed
+    other = f"other-{stage.value.replace(':', '-')}"
+    bed.create_pod(other)
+    run, _ = bed.add_ready(other)
+    run.ok()
+    records = _ip_records(bed)
+    assert bed.agent is not None and bed.agent.stop() == 0
+    bed.node.vsctl("del-br", BRIDGE)
+    # the restart after the bridge's loss is killed part way through restoring its two pods
+    with pytest.raises(AssertionError, match="agent exited with -9"):
+        bed.start_agent(env={CRASH_ENV: stage.value}, resync_seconds=0)
+    assert f"crash point {stage.value} reached" in bed.agent.log()
+    bed.start_agent(resync_seconds=0)
+    _assert_consistent(bed)
+    assert _ip_records(bed) == records
+    assert not (bed.tmp / "state" / RESTORE_MARK).exists()
+    pods = {}
+    for pod in ("live", other):
+        ofport = bed.ofport(port_name("default", pod))
+        assert ofport is not None, f"{pod} was not restored"
+        pods[pod] = (port_name("default", pod), bed.pod_spec(pod).ip, ofport)
+    bed.install_flows(pods)  # as the controller does for the new bridge
+    veth_crash_bed.live = _live_state(bed, "live")  # restored: a new interface and ofport
+    _assert_live_untouched(bed, veth_crash_bed.live)
+    bed.cni("DEL", other).ok()
+    _assert_released(bed, other)
+    assert _ip_records(bed) == {veth_crash_bed.live.ip}

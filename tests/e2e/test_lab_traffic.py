@@ -1,5 +1,6 @@
 """A 3-node lab with 2 pods per node: all-pairs TCP and UDP, Geneve on the fabric, pod deletion
-leaving nothing behind, and controller/agent restarts under continuous cross-node traffic."""
+leaving nothing behind, controller/agent restarts under continuous cross-node traffic, and a
+node's br-int deleted and rebuilt with its pods."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from lab.components import LabPaths
 from lab.kubeapi import KubeClient, KubeError
 from lab.state import LabState, StateStore
 from ovsagent.naming import port_name
-from tests.e2e.helpers import PingRun, flows, ofports, probe, tcpdump, unreachable, warm_up
+from tests.e2e.helpers import PingRun, flows, ofports, ovs, probe, tcpdump, unreachable, warm_up
 from tests.support import wait_until
 
 pytestmark = pytest.mark.ovs
@@ -174,3 +175,27 @@ def test_burst_of_100_pods(lab3x2: Lab) -> None:
     api = KubeClient.from_kubeconfig(paths.host_kubeconfig)
     left = [p["metadata"]["name"] for p in api.get("/api/v1/namespaces/default/pods")["items"]]
     assert not [n for n in left if n.startswith("burst-")]
+
+
+def test_bridge_deleted_under_a_node_comes_back_with_its_pods(lab3x2: Lab) -> None:
+    """br-int deleted on node-2 (an operator's slip, or OVSDB losing its database), then the
+    agent restarted: it builds br-int again and restores the node's pods with their addresses,
+    the controller programs the new bridge, and every pod reaches every pod again."""
+    store, state = lab3x2
+    node = state.node("node-2")
+    pods = store.load().pods
+    ips = {p.key: p.ip for p in pods}
+    ovs(node).vsctl("del-br", "br-int")
+    cluster.restart_component(store, "agent/node-2")
+    ports = ofports(node)
+    assert all(port_name(p.namespace, p.name) in ports for p in pods if p.node == "node-2"), ports
+
+    def every_pod_reaches_every_pod() -> bool:
+        return all(not unreachable(src.netns, [p.ip for p in pods if p.key != src.key]) for src in pods)
+
+    wait_until(every_pod_reaches_every_pod, 30, "every pod reaching every pod over the rebuilt br-int")
+    assert {p.key: p.ip for p in store.load().pods} == ips
+    src = next(p for p in pods if p.node == "node-1")
+    targets = [p for p in pods if p.node == "node-2"]
+    answers = probe(src.netns, [("TCP", p.ip, 80) for p in targets])
+    assert answers == [f"{p.key} probe-{p.ip}" for p in targets]

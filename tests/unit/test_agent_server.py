@@ -317,5 +317,5 @@ def test_crash_hook_is_a_no_op_unless_asked_and_refuses_unknown_stages() -> None
     armed(Stage.ADD_IP_RESERVED)  # another stage: this process lives on
     with pytest.raises(CrashConfigError, match="add:ip-reserved"):
         crash_hook_from_env({CRASH_ENV: "add:nowhere"})
-    # every stage name is "<command>:<step>", and the ones of each command are in order
-    assert [s.value.split(":")[0] for s in Stage] == ["add"] * 5 + ["del"] * 4
+    # every stage name is "<operation>:<step>", and the ones of each operation are in order
+    assert [s.value.split(":")[0] for s in Stage] == ["add"] * 5 + ["del"] * 4 + ["restore"] * 2

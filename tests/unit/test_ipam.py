@@ -47,7 +47,7 @@ SMALL = "100.64.1.0/29"  # network .0, gateway .1, pods .2-.6, broadcast .7
 
 
 def owner(n: int | str, ifname: str = "eth0") -> Owner:
-    return Owner(f"c{n}", ifname, "default", f"pod-{n}", f"uid-{n}")
+    return Owner(f"c{n}", ifname, "default", f"pod-{n}", f"uid-{n}", f"/run/netns/cni-{n}")
 
 
 def on_disk(store: Path) -> dict[str, dict[str, Any]]:
@@ -87,9 +87,21 @@ def test_allocate_gives_first_usable_address_and_records_it(ipam: Ipam, store: P
             "pod_namespace": "default",
             "pod_name": "pod-1",
             "pod_uid": "uid-1",
+            "netns": "/run/netns/cni-1",
         }
     }
     assert json.loads((store / "range").read_text())["cidr"] == CIDR
+
+
+def test_record_without_a_netns_is_read_with_an_empty_one(store: Path) -> None:
+    # records written before the sandbox's namespace was recorded
+    Ipam(store, CIDR).close()
+    legacy = {"version": 1, "ip": "100.64.1.9", "container_id": "old", "ifname": "eth0",
+              "pod_namespace": "default", "pod_name": "web", "pod_uid": "u"}  # fmt: skip
+    (store / ALLOCATIONS_DIR / "100.64.1.9").write_text(json.dumps(legacy))
+    with Ipam(store, CIDR) as ipam:
+        (alloc,) = ipam.allocations()
+    assert alloc.owner == Owner("old", "eth0", "default", "web", "u", "")
 
 
 def test_allocate_is_idempotent_per_attachment(ipam: Ipam, store: Path) -> None:
