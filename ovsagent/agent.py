@@ -13,6 +13,7 @@ import enum
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -55,6 +56,9 @@ _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEADLINE_MARGIN = 0.5
 # In the state dir while the pods of a lost br-int are still to be restored (see Agent._restore).
 RESTORE_MARK = "restore-pending"
+# How often (seconds) the resync thread looks for a lost br-int, gateway or Geneve port: a
+# lookup in the local OVSDB replica.
+LOSS_CHECK_SECONDS = 1.0
 
 
 class AgentCode(enum.IntEnum):
@@ -223,9 +227,8 @@ class Agent:
         if not self.try_setup():
             self._retry_thread = threading.Thread(target=self._retry_setup, name="node-setup", daemon=True)
             self._retry_thread.start()
-        if self.config.resync_seconds > 0:
-            self._resync_thread = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
-            self._resync_thread.start()
+        self._resync_thread = threading.Thread(target=self._resync_loop, name="resync", daemon=True)
+        self._resync_thread.start()
 
     def close(self) -> None:
         """Stop the retry and resync threads, close the flow probe and the IPAM store."""
@@ -244,7 +247,14 @@ class Agent:
                 return
 
     def try_setup(self) -> bool:
-        """Run node set-up once; return True when the agent can serve ADD afterwards."""
+        """Run node set-up once; return True when the agent can serve ADD afterwards.
+
+        Also run again while serving (the resync, after br-int or its ports were lost): the IPAM
+        store already open for the same podCIDR is kept, since operations in flight use it.
+        """
+        with self._state_lock:
+            current = self._ipam
+        ipam: Ipam | None = None
         try:
             pod_cidr = resolve_pod_cidr(self.config, self.kube)
             if pod_cidr is None:
@@ -252,9 +262,14 @@ class Agent:
                 log.info("%s; retrying", self._not_ready)
                 return False
             state = setup_node(self.config, self.ovsdb, pod_cidr, host_netns=self.host_netns)
-            ipam = Ipam(self.config.ipam_dir, pod_cidr)
+            if current is not None and current.network == pod_cidr:
+                ipam = current
+            else:
+                ipam = Ipam(self.config.ipam_dir, pod_cidr)
             self.kube.patch_node_annotations(self.config.node_name, state.annotations())
         except (KubeError, NodeSetupError, IpamError, OvsdbError) as exc:
+            if ipam is not None and ipam is not current:
+                ipam.close()
             self._not_ready = str(exc)
             log.warning("node set-up: %s; retrying", exc)
             return False
@@ -267,7 +282,7 @@ class Agent:
         except (OvsdbError, IpamError) as exc:
             log.error("reconcile failed (stale ports or addresses may remain until GC): %s", exc)
         with self._state_lock:
-            if self._ipam is not None:
+            if self._ipam is not None and self._ipam is not ipam:
                 self._ipam.close()
             self._node, self._ipam = state, ipam
         self._setup_pending = False
@@ -287,11 +302,33 @@ class Agent:
     # --------------------------------------------------------------------------- reconciliation
 
     def _resync_loop(self) -> None:
-        while not self._stop.wait(self.config.resync_seconds):
+        """Resync every `resync_seconds` (0: never), and as soon as br-int, the gateway port or
+        the Geneve port is seen gone from OVSDB (looked at every `LOSS_CHECK_SECONDS`); while
+        such a resync fails, again every `setup_retry_seconds`."""
+        period = self.config.resync_seconds
+        step = min(LOSS_CHECK_SECONDS, period) if period > 0 else LOSS_CHECK_SECONDS
+        due = time.monotonic() + period if period > 0 else math.inf
+        while not self._stop.wait(step):
+            lost = self._lost_now()
+            if not lost and time.monotonic() < due:
+                continue
             try:
-                self.resync()
+                ok = self.resync()
             except Exception:  # the loop must outlive any one failure
-                log.exception("periodic resync failed")
+                log.exception("resync failed")
+                ok = False
+            due = time.monotonic() + period if period > 0 else math.inf
+            if lost and not ok:
+                self._stop.wait(self.setup_retry_seconds)
+
+    def _lost_now(self) -> bool:
+        """Whether node set-up ran and something it made is gone (False when OVSDB cannot say)."""
+        if self._node is None:
+            return False
+        try:
+            return self.ovsdb.is_connected() and bool(self._lost_setup())
+        except OvsdbError:
+            return False
 
     def resync(self) -> bool:
         """Run the restart reconciliation again while serving (alone: no CNI operation is in

@@ -777,7 +777,7 @@ class AgentConfig:
         metadata=meta(
             "Period of the resync while running (the restart reconciliation again: stale ports, orphan "
             "veths and addresses of nothing removed, broken `internal` pods re-attached); 0 disables it, "
-            "at most 86400.",
+            "at most 86400. A lost br-int, gateway or Geneve port is rebuilt at once in any case.",
             check=_check_range(0, 86400, " seconds"),
         ),
     )

@@ -51,6 +51,19 @@ FLOW_WAIT = 4.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+@contextlib.contextmanager
+def vswitchd_stopped(node: OvsNode) -> Iterator[Callable[[], None]]:
+    """Hold ovs-vswitchd stopped (SIGSTOP: ovsdb-server keeps committing, nobody applies the
+    changes) for the block; yields a function that lets it run again early. Always resumed."""
+    vswitchd = node.pids.vswitchd
+    assert vswitchd is not None
+    os.kill(vswitchd, signal.SIGSTOP)
+    try:
+        yield lambda: os.kill(vswitchd, signal.SIGCONT)
+    finally:
+        os.kill(vswitchd, signal.SIGCONT)
+
+
 class InNetns:
     """Worker threads (one unless asked) that entered a network namespace; `run(fn, ...)` calls
     `fn` on one of them, and so does `submit`, without waiting. Processes they start live there too."""

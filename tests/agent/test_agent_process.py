@@ -39,6 +39,7 @@ from tests.agent.harness import (
     AgentBed,
     ControllerStandIn,
     agent_bed,
+    vswitchd_stopped,
 )
 from tests.conftest import NetnsFactory, OvsNodeFactory
 from tests.support import wait_until
@@ -244,16 +245,36 @@ def test_static_ip_requests(veth_bed: AgentBed) -> None:
     assert err["code"] == 7 and "not in the node's podCIDR" in err["msg"], err
 
 
-def test_status_0_then_51_when_the_bridge_is_gone_then_50_without_ovs(veth_bed: AgentBed) -> None:
+def _status_error(bed: AgentBed, code: int) -> dict[str, Any]:
+    """STATUS's error once it is `code` (the agent's OVSDB replica follows within moments)."""
+    deadline = time.monotonic() + 10
+    while (err := bed.cni("STATUS").error())["code"] != code:
+        assert time.monotonic() < deadline, err
+        time.sleep(0.05)
+    return err
+
+
+def test_status_0_then_51_while_the_bridge_or_its_ports_are_gone_then_50_without_ovs(
+    veth_bed: AgentBed,
+) -> None:
     bed = veth_bed
     bed.cni("STATUS").ok()
-    # the Geneve port deleted under the agent: pods on other nodes are cut off
-    bed.node.vsctl("del-port", BRIDGE, "sluice-tun0")
-    err = bed.cni("STATUS").error()
-    assert err["code"] == 51 and "sluice-tun0" in err["msg"], err
-    bed.node.vsctl("del-br", BRIDGE)
-    err = bed.cni("STATUS").error()
-    assert err["code"] == 51 and BRIDGE in err["msg"], err
+    # While ovs-vswitchd is stopped the agent cannot build anything again, so STATUS stays 51.
+    with vswitchd_stopped(bed.node):
+        # the Geneve port deleted under the agent: pods on other nodes are cut off
+        bed.node.vsctl("--no-wait", "del-port", BRIDGE, "sluice-tun0")
+        err = _status_error(bed, 51)
+        assert "sluice-tun0" in err["msg"], err
+        bed.node.vsctl("--no-wait", "del-br", BRIDGE)
+        err = _status_error(bed, 51)
+        assert BRIDGE in err["msg"] and "is gone" in err["msg"], err
+    # vswitchd runs again: the agent builds br-int and its ports again
+    wait_until(
+        lambda: bed.cni("STATUS").returncode == 0,
+        20,
+        "STATUS 0 once br-int is built again",
+        detail=lambda: bed.agent.log() if bed.agent else "",
+    )
     # OVS gone altogether: ADD cannot be served
     bed.node.stop()
     deadline = time.monotonic() + 10
@@ -536,11 +557,11 @@ def _reinstall_flows(bed: AgentBed, pods: list[str]) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_deleted_bridge_is_rebuilt_by_the_resync_and_its_pods_restored(
+def test_deleted_bridge_is_rebuilt_at_once_and_its_pods_restored(
     ovs_node_factory: OvsNodeFactory, netns: NetnsFactory, kind: str
 ) -> None:
     with agent_bed(ovs_node_factory, netns, interface_type=kind) as bed:
-        bed.start_agent(resync_seconds=0.3)
+        bed.start_agent()  # the periodic resync (every 60 s) is not what notices
         pods = ["web-1", "web-2"]
         results = {}
         for name in pods:
@@ -554,7 +575,7 @@ def test_deleted_bridge_is_rebuilt_by_the_resync_and_its_pods_restored(
         wait_until(
             lambda: all(bed.ofport(port_name("default", name)) for name in pods),
             15,
-            "the resync to rebuild br-int and restore both pods' ports",
+            "the agent to rebuild br-int and restore both pods' ports",
             detail=lambda: bed.agent.log() if bed.agent else "",
         )
         bed.cni("STATUS").ok()
@@ -576,17 +597,22 @@ def test_deleted_bridge_is_rebuilt_by_the_resync_and_its_pods_restored(
         assert web2_ip not in _ip_records(bed)
 
 
-def test_resync_puts_back_deleted_gateway_and_geneve_ports(
+def test_deleted_gateway_and_geneve_ports_are_put_back_at_once(
     ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
 ) -> None:
     with agent_bed(ovs_node_factory, netns) as bed:
-        bed.start_agent(resync_seconds=0.3)
+        bed.start_agent(resync_seconds=0)  # no periodic resync at all
         tunnel_ofport = bed.node.ofport("sluice-tun0")
         bed.node.vsctl("del-port", BRIDGE, "sluice-tun0", "--", "del-port", BRIDGE, "sluice-gw0")
+
+        def repaired() -> bool:  # (ovs-vsctl returned once they were gone)
+            ports = (bed.ofport("sluice-tun0"), bed.ofport("sluice-gw0"))
+            return None not in ports and bed.cni("STATUS").returncode == 0
+
         wait_until(
-            lambda: bed.cni("STATUS").returncode == 0,
+            repaired,
             15,
-            "STATUS 0 again",
+            "both ports back and STATUS 0",
             detail=lambda: bed.agent.log() if bed.agent else "",
         )
         assert bed.node.ofport("sluice-tun0") == tunnel_ofport  # the configured, fixed one

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +16,7 @@ from lab.procs import run
 from ovsagent.naming import PodIdentity
 from ovsagent.ovsdb import Connection, OvsdbError, PortSpec, _PortChange
 from tests.agent.conftest import BRIDGE, DATAPATH_ID, GATEWAY_PORT, AgentNode
+from tests.agent.harness import vswitchd_stopped
 from tests.conftest import OvsNodeFactory
 from tests.support import wait_until
 
@@ -216,22 +214,9 @@ def _queued_behind_a_busy_idl_thread(ovsdb: Connection, calls: list[Callable[[],
         return [f.exception() or f.result() for f in futures]
 
 
-@contextlib.contextmanager
-def _vswitchd_stopped(node: OvsNode) -> Iterator[Callable[[], None]]:
-    """Hold ovs-vswitchd stopped (SIGSTOP: ovsdb-server keeps committing, nobody applies the
-    changes) for the block; yields a function that lets it run again early. Always resumed."""
-    vswitchd = node.pids.vswitchd
-    assert vswitchd is not None
-    os.kill(vswitchd, signal.SIGSTOP)
-    try:
-        yield lambda: os.kill(vswitchd, signal.SIGCONT)
-    finally:
-        os.kill(vswitchd, signal.SIGCONT)
-
-
 def test_a_caller_that_gives_up_on_vswitchd_leaves_nothing_waiting(agent_node: AgentNode) -> None:
     node, ovsdb = agent_node.node, agent_node.ovsdb
-    with _vswitchd_stopped(node):  # ovsdb-server commits; nobody opens the port
+    with vswitchd_stopped(node):  # ovsdb-server commits; nobody opens the port
         gave_up = r"'slow0'\] to br-int: ovs-vswitchd did not open them within 0.5s"
         with pytest.raises(OvsdbError, match=gave_up):
             ovsdb.add_pod_ports(BRIDGE, [PortSpec("slow0", "internal")], timeout=0.5)
@@ -262,7 +247,7 @@ def test_port_adds_wait_together_while_vswitchd_catches_up(agent_node: AgentNode
     node, ovsdb = agent_node.node, agent_node.ovsdb
     before = _add_port_transactions(node)
     # the first add commits, and vswitchd stays behind
-    with _vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=4) as pool:
+    with vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=4) as pool:
         first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("h0", "internal")])
         wait_until(lambda: len(_add_port_transactions(node)) == len(before) + 1, 5, "h0's transaction")
         rest = [pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec(f"h{i}", "internal")]) for i in (1, 2, 3)]
@@ -283,7 +268,7 @@ def test_deletions_and_adds_held_meanwhile_share_one_transaction(agent_node: Age
     node, ovsdb = agent_node.node, agent_node.ovsdb
     ovsdb.add_pod_ports(BRIDGE, [PortSpec(f"d{i}", "internal") for i in range(3)])
     before = _port_transactions(node)
-    with _vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=6) as pool:
+    with vswitchd_stopped(node) as resume, ThreadPoolExecutor(max_workers=6) as pool:
         first = pool.submit(ovsdb.add_pod_ports, BRIDGE, [PortSpec("e0", "internal")])
         wait_until(lambda: len(_port_transactions(node)) == len(before) + 1, 5, "e0's transaction")
         dels = [pool.submit(ovsdb.del_ports, [f"d{i}"]) for i in range(3)]
