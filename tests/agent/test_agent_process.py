@@ -623,6 +623,57 @@ def test_deleted_gateway_and_geneve_ports_are_put_back_at_once(
         assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
 
 
+def test_ovs_restarted_under_the_running_agent_keeps_pods_and_serves_again(veth_bed: AgentBed) -> None:
+    # ovsdb-server and ovs-vswitchd both restarted (an Open vSwitch upgrade does this), the
+    # database kept: the agent reconnects, the pods keep their ports and addresses
+    bed = veth_bed
+    bed.create_pod("web-1")
+    run, _ = bed.add_ready("web-1")
+    run.ok()
+    port = port_name("default", "web-1")
+    before = (bed.ofport(port), _ifindex(bed.node.netns, port), _ip_records(bed))
+    bed.node.stop()
+    _status_error(bed, 50)  # no OVSDB: ADD cannot be served
+    bed.node.start()
+    wait_until(
+        lambda: bed.cni("STATUS").returncode == 0,
+        20,
+        "STATUS 0 after OVS came back",
+        detail=lambda: bed.agent.log() if bed.agent else "",
+    )
+    assert (bed.ofport(port), _ifindex(bed.node.netns, port), _ip_records(bed)) == before
+    _reinstall_flows(bed, ["web-1"])  # a restarted vswitchd has no flows until the controller's push
+    assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
+    bed.create_pod("web-2")
+    run, _ = bed.add_ready("web-2")
+    run.ok()
+    bed.cni("DEL", "web-1").ok()
+    assert bed.ofport(port) is None
+
+
+def test_ovs_restarted_with_an_empty_database_gets_br_int_and_its_pods_back(veth_bed: AgentBed) -> None:
+    # OVS restarted under the running agent having lost its database (reinstalled, or a node
+    # image that does not keep /etc/openvswitch): everything the agent made is gone
+    bed = veth_bed
+    bed.create_pod("web-1")
+    run, _ = bed.add_ready("web-1")
+    result = run.ok()
+    records = _ip_records(bed)
+    bed.node.stop()
+    bed.node.paths.db.unlink()
+    bed.node.start()  # creates an empty database
+    wait_until(
+        lambda: bed.ofport(port_name("default", "web-1")) is not None and bed.cni("STATUS").returncode == 0,
+        20,
+        "br-int and web-1's port back, STATUS 0",
+        detail=lambda: bed.agent.log() if bed.agent else "",
+    )
+    assert _ip_records(bed) == records
+    bed.cni("CHECK", "web-1", prevResult=result).ok()
+    _reinstall_flows(bed, ["web-1"])
+    assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
+
+
 def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_pods_only(
     veth_bed: AgentBed,
 ) -> None:
