@@ -469,11 +469,12 @@ class Agent:
 
         A candidate holds an address but has no port (not in `ported`); it is restored when its
         Pod is still bound to this node (same uid) and its sandbox's namespace, recorded with the
-        address, still exists. It gets its address, MAC and port name back; its interface is
-        made again (`veth`: a new pair, the old host end is removed; `internal`: the device died
-        with its port). One pod at a time, so one failure costs only that pod, whose address is
-        then freed like any address of nothing. Records written before the namespace was
-        recorded cannot be restored.
+        address, still exists. It gets its port back under the same name (`Attachment.restore`):
+        with `veth`, an intact pair is kept, so the pod sees no change; otherwise (and always
+        with `internal`, whose device died with its port) its interface is made again with the
+        same name, address, MAC and routes. One pod at a time, so one failure costs only that
+        pod, whose address is then freed like any address of nothing. Records written before the
+        namespace was recorded cannot be restored.
         """
         attachment = attachment_for(self.config.interface_type.value, self.ovsdb, host_netns=self.host_netns)
         self.crash_hook(Stage.RESTORE_STARTED)
@@ -501,7 +502,7 @@ class Agent:
             )
             with self.locks.hold(owner.container_id, identity.port_name):
                 try:
-                    attachment.attach(self._spec(identity, node))
+                    attachment.restore(self._spec(identity, node))
                 except AttachError as exc:
                     log.error("%s lost its port and restoring it failed: %s", who, exc)
                     continue

@@ -143,6 +143,11 @@ class Attachment(Protocol):
         """Return what differs from `spec` (empty when the attachment is intact)."""
         ...
 
+    def restore(self, spec: AttachSpec) -> AttachResult:
+        """Give back its OVS port to a pod whose port was lost with its bridge, keeping its
+        interface when that is still intact (`veth`); else plumb it anew. Raises AttachError."""
+        ...
+
 
 class _Base:
     """What both kinds share: detach and the checks."""
@@ -214,6 +219,10 @@ class _Base:
         else:
             problems += _check_interface(spec, state)
         return problems
+
+    def restore(self, spec: AttachSpec) -> AttachResult:
+        """Plumb the pod anew (see Attachment.restore)."""
+        return self.attach(spec)
 
     def _port_spec(self, spec: AttachSpec) -> PortSpec:
         ids = {**spec.pod.external_ids(), Key.KIND.value: self.kind.value}
@@ -291,6 +300,28 @@ class VethAttachment(_Base):
             self._undo(specs)
             raise AttachError(f"veth attach of {who} failed: {exc}") from None
         return self._results(specs, ofports)
+
+    def restore(self, spec: AttachSpec) -> AttachResult:
+        """Add back the port of a pod whose pair is intact (the host end exists and the pod's
+        interface is as `spec` says, carrier included): the pod sees no change at all. Otherwise
+        the pair is made anew, as by `attach`."""
+        _validate([spec])
+        try:
+            state = netns.read_interface(spec.pod.netns, spec.pod.ifname)
+            intact = (
+                state is not None
+                and not _check_interface(spec, state)
+                and netns.link_exists(spec.port_name, netns=self.host_netns)
+            )
+        except netns.NetlinkError as exc:
+            raise AttachError(f"pod {spec.pod.namespace}/{spec.pod.name}: {exc}") from None
+        if not intact:
+            return self.attach(spec)
+        try:
+            ofports = self.ovsdb.add_pod_ports(spec.bridge, [self._port_spec(spec)], timeout=self.timeout)
+        except OvsdbError as exc:
+            raise AttachError(f"OVS port of pod {spec.pod.namespace}/{spec.pod.name}: {exc}") from None
+        return self._results([spec], ofports)[0]
 
 
 class InternalAttachment(_Base):

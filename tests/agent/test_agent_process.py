@@ -546,6 +546,15 @@ def test_internal_pod_is_attached_again_after_a_vswitchd_restart(
         assert ping(pod_ns, UNDERLAY.ip, count=2).received >= 2
 
 
+def _devices(bed: AgentBed, pods: list[str]) -> dict[str, tuple[int, int]]:
+    """Each veth pod's (host end, pod interface) ifindexes."""
+    devices = {}
+    for name in pods:
+        port, pod_ns = port_name("default", name), os.path.basename(bed.pods[name])
+        devices[name] = (_ifindex(bed.node.netns, port), _ifindex(pod_ns, "eth0"))
+    return devices
+
+
 def _reinstall_flows(bed: AgentBed, pods: list[str]) -> None:
     """Install the pods' flows on a rebuilt br-int, as the controller does when it reconnects."""
     flows: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
@@ -571,6 +580,7 @@ def test_deleted_bridge_is_rebuilt_at_once_and_its_pods_restored(
         records = _ip_records(bed)
         statuses = {name: bed.annotations(name)[NETWORK_STATUS] for name in pods}
         old_gateway = bed.node_annotations()["sluice.io/gateway-ofport"]
+        devices = _devices(bed, pods) if kind == "veth" else {}  # (internal: no host end)
         bed.node.vsctl("del-br", BRIDGE)
         wait_until(
             lambda: all(bed.ofport(port_name("default", name)) for name in pods),
@@ -584,6 +594,8 @@ def test_deleted_bridge_is_rebuilt_at_once_and_its_pods_restored(
         assert {name: bed.annotations(name)[NETWORK_STATUS] for name in pods} == statuses
         for name in pods:
             bed.cni("CHECK", name, prevResult=results[name]).ok()
+        if kind == "veth":  # the pairs were intact: kept as they were, the pods saw nothing
+            assert _devices(bed, pods) == devices
         # the gateway port is published again (a new bridge may number it differently)
         gateway = bed.node.ofport("sluice-gw0")
         assert bed.node_annotations()["sluice.io/gateway-ofport"] == str(gateway), old_gateway
@@ -678,15 +690,18 @@ def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_po
     veth_bed: AgentBed,
 ) -> None:
     bed = veth_bed
-    pods = ["web-1", "web-2", "web-3"]
+    pods = ["web-1", "web-2", "web-3", "web-4"]
     for name in pods:
         bed.create_pod(name)
         run, _ = bed.add_ready(name)
         run.ok()
     ips = {name: json.loads(bed.annotations(name)[NETWORK_STATUS])[0]["ips"][0] for name in pods}
+    devices = _devices(bed, ["web-1", "web-4"])
     assert bed.agent is not None and bed.agent.stop() == 0
-    # while the agent is down: the bridge is deleted, web-2's Pod too, web-3's sandbox too
+    # while the agent is down: the bridge is deleted, web-2's Pod too, web-3's sandbox too, and
+    # web-4's veth pair
     bed.node.vsctl("del-br", BRIDGE)
+    lab_netns.Netns(bed.node.netns).ip("link", "del", port_name("default", "web-4"))
     bed.in_node.run(bed.core.delete_namespaced_pod, "web-2", "default")
     # (`ip netns delete`, as a runtime removes a sandbox; the fixture's registry entry stays)
     subprocess.run(["ip", "netns", "delete", os.path.basename(bed.pods["web-3"])], check=True)
@@ -694,14 +709,19 @@ def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_po
     log = bed.agent.log()
     assert "web-1" in log and "restored" in log, log
     assert "sandbox's namespace is gone" in log, log
-    # web-1 is back with its address; web-2 and web-3 are gone, addresses and host ends alike
-    assert bed.ofport(port_name("default", "web-1")) is not None
-    assert _ip_records(bed) == [ips["web-1"]]
+    # web-1 is back with its address and its very pair; web-4 with its address and a new pair;
+    # web-2 and web-3 are gone, addresses and host ends alike
+    for name in ("web-1", "web-4"):
+        assert bed.ofport(port_name("default", name)) is not None
+    assert _devices(bed, ["web-1"]) == {"web-1": devices["web-1"]}
+    assert _devices(bed, ["web-4"]) != {"web-4": devices["web-4"]}
+    assert _ip_records(bed) == sorted([ips["web-1"], ips["web-4"]])
     for name in ("web-2", "web-3"):
         assert bed.ofport(port_name("default", name)) is None
         assert not lab_netns.link_exists(bed.node.netns, port_name("default", name))
-    _reinstall_flows(bed, ["web-1"])
-    assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
+    _reinstall_flows(bed, ["web-1", "web-4"])
+    for name in ("web-1", "web-4"):
+        assert ping(os.path.basename(bed.pods[name]), GATEWAY, count=1).received >= 1
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])
