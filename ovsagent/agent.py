@@ -418,6 +418,7 @@ class Agent:
             log.warning("reconcile skipped: cannot list this node's Pods: %s", exc)
             return False
         live: list[Attachment] = []
+        live_pods: list[PodIdentity] = []
         stale: list[PortRecord] = []
         repaired = 0
         for record in self.ovsdb.ports_by_external_ids():
@@ -438,6 +439,7 @@ class Agent:
                 stale.append(record)
             else:
                 live.append(Attachment(pod.container_id, pod.ifname))
+                live_pods.append(pod)
                 if record.external_ids.get(Key.KIND) == AttachmentKind.INTERNAL.value:
                     repaired += self._repair_internal(pod, node)
         for record in stale:
@@ -448,19 +450,45 @@ class Agent:
                     log.error("reconcile: %s", exc)
         restored = self._restore(ipam, node, pods, set(live)) if restore else []
         live += restored
+        recorded = self._record_live_addresses(ipam, live_pods)
         orphans = self._remove_orphan_veths()
         freed = ipam.reconcile(live)
         log.info(
-            "reconciled: %d live pod(s) kept (%d re-attached, %d restored), %d stale port(s) and "
-            "%d orphan veth(s) removed, %d IP(s) freed",
+            "reconciled: %d live pod(s) kept (%d re-attached, %d restored, %d address(es) recorded "
+            "again), %d stale port(s) and %d orphan veth(s) removed, %d IP(s) freed",
             len(live),
             repaired,
             len(restored),
+            recorded,
             len(stale),
             len(orphans),
             len(freed),
         )
         return True
+
+    def _record_live_addresses(self, ipam: Ipam, pods: list[PodIdentity]) -> int:
+        """Record again the address of every live pod whose IPAM record is missing; return how many.
+
+        No crash loses a record (ADD records the address before plumbing, DEL frees it after
+        unplumbing), but the store can be lost or wiped while OVSDB keeps the ports, and the next
+        ADD would then hand a live pod's address out again. An address that another attachment's
+        record holds is a double allocation already made: it is logged, nothing is changed.
+        """
+        count = 0
+        for pod in pods:
+            owner = Owner(pod.container_id, pod.ifname, pod.namespace, pod.name, pod.uid, pod.netns)
+            if ipam.lookup(owner) is not None:
+                continue
+            try:
+                ipam.allocate(owner, str(pod.ip.ip))
+            except StaticIpRefused as exc:
+                log.error("pod %s/%s uses %s, which the IPAM store cannot record for it: %s",
+                          pod.namespace, pod.name, pod.ip.ip, exc)  # fmt: skip
+                continue
+            log.warning("pod %s/%s uses %s, which had no IPAM record: recorded again",
+                        pod.namespace, pod.name, pod.ip.ip)  # fmt: skip
+            count += 1
+        return count
 
     def _restore(
         self, ipam: Ipam, node: NodeState, pods: dict[tuple[str, str], str], ported: set[Attachment]

@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import stat
 import subprocess
 import threading
@@ -431,6 +432,29 @@ def test_restart_reconciles_stale_pods_and_keeps_live_ones(veth_bed: AgentBed) -
     assert bed.ofport(stale_port) is None
     assert not lab_netns.link_exists(bed.node.netns, stale_port)
     assert ping(os.path.basename(netns_path), UNDERLAY.ip, count=1).received >= 1
+
+
+def test_a_lost_ipam_store_is_rebuilt_from_the_live_ports(veth_bed: AgentBed) -> None:
+    bed = veth_bed
+    bed.create_pod("web-1")
+    run, _ = bed.add_ready("web-1")
+    held = run.ok()["ips"][0]["address"].split("/")[0]
+    assert bed.agent is not None and bed.agent.stop() == 0
+    shutil.rmtree(bed.ipam_dir)  # the state directory wiped, OVSDB kept
+    bed.start_agent()
+    assert "had no IPAM record: recorded again" in bed.agent.log()
+    assert _ip_records(bed) == [held]
+    with Ipam(bed.ipam_dir, "100.64.1.0/24") as ipam:
+        (allocation,) = ipam.allocations()
+    assert allocation.owner == Owner(
+        "c-web-1", "eth0", "default", "web-1", bed.pod_uid("web-1"), bed.pods["web-1"]
+    )
+    # the next pod gets another address, and web-1's DEL frees its own
+    bed.create_pod("web-2")
+    run, _ = bed.add_ready("web-2")
+    assert run.ok()["ips"][0]["address"].split("/")[0] != held
+    bed.cni("DEL", "web-1").ok()
+    assert held not in _ip_records(bed)
 
 
 def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
