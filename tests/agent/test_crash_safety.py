@@ -15,6 +15,9 @@ sandbox and ADD of a new one for an ADD crash, the retried DEL for a DEL crash):
 
 One node (OVS, API server, agent, live pod) serves all stages of one attachment kind, to keep the
 run short; each stage uses a fresh pod.
+
+The `restore:` stages kill the agent while, at its start after br-int was deleted, it restores
+the pods the bridge carried; the next start must still restore them all with their addresses.
 """
 
 from __future__ import annotations
