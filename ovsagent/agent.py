@@ -472,12 +472,16 @@ class Agent:
         No crash loses a record (ADD records the address before plumbing, DEL frees it after
         unplumbing), but the store can be lost or wiped while OVSDB keeps the ports, and the next
         ADD would then hand a live pod's address out again. An address that another attachment's
-        record holds is a double allocation already made: it is logged, nothing is changed.
+        record holds is a double allocation already made: it is logged, nothing is changed. A
+        record written before the sandbox's netns was recorded gets it (what `_restore` needs).
         """
         count = 0
         for pod in pods:
             owner = Owner(pod.container_id, pod.ifname, pod.namespace, pod.name, pod.uid, pod.netns)
-            if ipam.lookup(owner) is not None:
+            held = ipam.lookup(owner)
+            if held is not None:
+                if held.owner is not None and not held.owner.netns and held.ip == pod.ip.ip:
+                    ipam.update(owner)
                 continue
             try:
                 ipam.allocate(owner, str(pod.ip.ip))

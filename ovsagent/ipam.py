@@ -20,6 +20,8 @@ the caller never received, which a retried ADD for the same attachment gets back
 idempotent per attachment) and which `reconcile` frees if the attachment is gone. A release unlinks
 the record and fsyncs the directory before returning; a crash before that fsync can only bring the
 record back (a leak that `reconcile` fixes), never lose one. Nothing is ever double-allocated.
+`update` replaces a record by renaming a complete fsync'ed file over it, so a crash leaves the old
+record or the new one.
 
 Concurrency. Every operation holds a threading lock (threads sharing one `Ipam`) and an exclusive
 flock on `lock` (other `Ipam` objects in this or other processes). Each object caches the records;
@@ -341,6 +343,32 @@ class Ipam:
         log.info("released %s (held by %s)", address, victim.owner or "an unknown owner")
         return victim
 
+    def update(self, owner: Owner) -> Allocation | None:
+        """Rewrite the record of `owner`'s attachment to name `owner` (e.g. with the netns, which
+        records of earlier agents lack); return the allocation, None when it holds no address.
+
+        The record is replaced atomically (temporary file, fsync, rename, fsync of the directory).
+        Raises StoreError.
+        """
+        with self._locked():
+            found = self._find(owner.attachment)
+            if not found:
+                return None
+            current = found[0]
+            if current.owner == owner:
+                return current
+            path = self._alloc_dir / str(current.ip)
+            try:
+                self._bump()
+                write_atomic(path, _record(current.ip, owner))
+            except OSError as exc:
+                self._generation = None
+                raise StoreError(path, f"cannot rewrite the record: {exc.strerror or exc}") from exc
+            updated = Allocation(current.ip, self._network, self._gateway, owner)
+            self._records[current.ip] = updated
+        log.info("record of %s now names %s", current.ip, owner)
+        return updated
+
     def lookup(self, who: Owner | Attachment) -> Allocation | None:
         """Return the attachment's allocation, or None when it holds none."""
         key = who.attachment if isinstance(who, Owner) else who
@@ -542,22 +570,9 @@ class Ipam:
         """Durably create the record for `ip`; return None (and cache the holder) if it exists."""
         final = self._alloc_dir / str(ip)
         tmp = self._alloc_dir / f"{TMP_PREFIX}{ip}.{os.getpid()}.{secrets.token_hex(4)}"
-        payload = json.dumps(
-            {
-                "version": RECORD_VERSION,
-                "ip": str(ip),
-                "container_id": owner.container_id,
-                "ifname": owner.ifname,
-                "pod_namespace": owner.pod_namespace,
-                "pod_name": owner.pod_name,
-                "pod_uid": owner.pod_uid,
-                "netns": owner.netns,
-            },
-            sort_keys=True,
-        ).encode()
         try:
             self._bump()
-            write_synced(tmp, payload)
+            write_synced(tmp, _record(ip, owner))
             try:
                 os.link(tmp, final)
             except FileExistsError:
@@ -657,6 +672,21 @@ def _parse_ip(ip: str | IPAddress) -> IPAddress:
         return ipaddress.ip_address(ip.strip())
     except ValueError as exc:
         raise InvalidIp(ip, "not an IP address") from exc
+
+
+def _record(ip: IPAddress, owner: Owner) -> bytes:
+    """The content of the record of `ip` held by `owner`."""
+    doc = {
+        "version": RECORD_VERSION,
+        "ip": str(ip),
+        "container_id": owner.container_id,
+        "ifname": owner.ifname,
+        "pod_namespace": owner.pod_namespace,
+        "pod_name": owner.pod_name,
+        "pod_uid": owner.pod_uid,
+        "netns": owner.netns,
+    }
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def _owner_from_record(doc: object, ip: IPAddress) -> Owner:

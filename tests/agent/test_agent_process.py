@@ -457,6 +457,28 @@ def test_a_lost_ipam_store_is_rebuilt_from_the_live_ports(veth_bed: AgentBed) ->
     assert held not in _ip_records(bed)
 
 
+def test_records_of_earlier_agents_get_the_netns_so_their_pods_can_be_restored(veth_bed: AgentBed) -> None:
+    bed = veth_bed
+    bed.create_pod("web-1")
+    run, _ = bed.add_ready("web-1")
+    held = run.ok()["ips"][0]["address"].split("/")[0]
+    assert bed.agent is not None and bed.agent.stop() == 0
+    record = bed.ipam_dir / "allocations" / held
+    doc = json.loads(record.read_text())
+    del doc["netns"]  # as an agent before the netns was recorded wrote it
+    record.write_text(json.dumps(doc))
+    bed.start_agent()
+    assert json.loads(record.read_text())["netns"] == bed.pods["web-1"]
+    bed.node.vsctl("del-br", BRIDGE)
+    wait_until(
+        lambda: bed.ofport(port_name("default", "web-1")) is not None,
+        15,
+        "web-1 restored on a new br-int",
+        detail=lambda: bed.agent.log() if bed.agent else "",
+    )
+    assert _ip_records(bed) == [held]
+
+
 def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
     ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
 ) -> None:

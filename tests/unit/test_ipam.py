@@ -93,6 +93,20 @@ def test_allocate_gives_first_usable_address_and_records_it(ipam: Ipam, store: P
     assert json.loads((store / "range").read_text())["cidr"] == CIDR
 
 
+def test_update_rewrites_the_record_durably(store: Path) -> None:
+    with Ipam(store, CIDR) as ipam:
+        alloc = ipam.allocate(Owner("c1", "eth0", "default", "web", "u"))  # no netns, as of old
+        assert ipam.update(owner(9)) is None  # holds nothing
+        moved = Owner("c1", "eth0", "default", "web", "u", "/run/netns/cni-1")
+        assert ipam.update(moved) == Allocation(alloc.ip, alloc.network, alloc.gateway, moved)
+        assert ipam.update(moved) == ipam.lookup(moved)  # the same again: nothing to write
+    assert on_disk(store)[str(alloc.ip)]["netns"] == "/run/netns/cni-1"
+    assert [p.name for p in (store / ALLOCATIONS_DIR).iterdir()] == [str(alloc.ip)]  # no temporary file
+    with Ipam(store, CIDR) as again:
+        (kept,) = again.allocations()
+    assert kept.owner == moved
+
+
 def test_record_without_a_netns_is_read_with_an_empty_one(store: Path) -> None:
     # records written before the sandbox's namespace was recorded
     Ipam(store, CIDR).close()
