@@ -59,6 +59,12 @@ RESTORE_MARK = "restore-pending"
 # How often (seconds) the resync thread looks for a lost br-int, gateway or Geneve port: a
 # lookup in the local OVSDB replica.
 LOSS_CHECK_SECONDS = 1.0
+# ovs-vswitchd's pidfile (in `ovs_rundir`, where it is unless started otherwise): a new PID there
+# means a restart, after which the resync runs these many seconds later (a userspace vswitchd
+# makes the taps of internal ports only once it has read its configuration; the second catches
+# a slow start).
+VSWITCHD_PIDFILE = "ovs-vswitchd.pid"
+VSWITCHD_RESTART_RESYNCS = (1.0, 5.0)
 
 
 class AgentCode(enum.IntEnum):
@@ -206,6 +212,7 @@ class Agent:
         self._restore_pending = False
         # Set when the resync found node set-up undone (bridge, gateway or Geneve port gone).
         self._setup_pending = False
+        self._vswitchd_pid: str | None = None  # as last read from its pidfile
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
         self._resync_thread: threading.Thread | None = None
@@ -304,13 +311,24 @@ class Agent:
     def _resync_loop(self) -> None:
         """Resync every `resync_seconds` (0: never), and as soon as br-int, the gateway port or
         the Geneve port is seen gone from OVSDB (looked at every `LOSS_CHECK_SECONDS`); while
-        such a resync fails, again every `setup_retry_seconds`."""
+        such a resync fails, again every `setup_retry_seconds`. After ovs-vswitchd restarted,
+        resync `VSWITCHD_RESTART_RESYNCS` seconds later (it drops userspace internal ports that
+        were moved into pods: the resync attaches those pods again)."""
         period = self.config.resync_seconds
         step = min(LOSS_CHECK_SECONDS, period) if period > 0 else LOSS_CHECK_SECONDS
         due = time.monotonic() + period if period > 0 else math.inf
+        repairs: list[float] = []
+        self._vswitchd_restarted()  # remember the running one
         while not self._stop.wait(step):
+            now = time.monotonic()
+            if self._vswitchd_restarted():
+                log.info("ovs-vswitchd restarted: resyncing to repair what it dropped")
+                repairs = [now + delay for delay in VSWITCHD_RESTART_RESYNCS]
             lost = self._lost_now()
-            if not lost and time.monotonic() < due:
+            repair = bool(repairs) and now >= repairs[0]
+            if repair:
+                repairs.pop(0)
+            if not lost and not repair and now < due:
                 continue
             try:
                 ok = self.resync()
@@ -320,6 +338,16 @@ class Agent:
             due = time.monotonic() + period if period > 0 else math.inf
             if lost and not ok:
                 self._stop.wait(self.setup_retry_seconds)
+
+    def _vswitchd_restarted(self) -> bool:
+        """Whether ovs-vswitchd's pidfile in `ovs_rundir` names another process than when last
+        read (False at the first read, and while there is no pidfile)."""
+        try:
+            pid = (self.config.ovs_rundir / VSWITCHD_PIDFILE).read_text().strip()
+        except OSError:
+            return False
+        last, self._vswitchd_pid = self._vswitchd_pid, pid
+        return last is not None and pid != last
 
     def _lost_now(self) -> bool:
         """Whether node set-up ran and something it made is gone (False when OVSDB cannot say)."""

@@ -770,6 +770,28 @@ def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_po
         assert ping(os.path.basename(bed.pods[name]), GATEWAY, count=1).received >= 1
 
 
+def test_internal_pod_is_attached_again_soon_after_vswitchd_restarts_under_the_agent(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with agent_bed(ovs_node_factory, netns, interface_type="internal") as bed:
+        bed.start_agent()  # the periodic resync (every 60 s) is not what notices
+        bed.create_pod("web-1")
+        run, _ = bed.add_ready("web-1")
+        result = run.ok()
+        bed.node.stop_vswitchd()
+        bed.node.start_vswitchd()  # the pod keeps a dead tap, vswitchd makes a fresh one
+        wait_until(
+            lambda: bed.cni("CHECK", "web-1", prevResult=result).returncode == 0,
+            15,
+            "web-1 attached again",
+            detail=lambda: bed.agent.log() if bed.agent else "",
+        )
+        log = bed.agent.log()
+        assert "ovs-vswitchd restarted" in log and "attaching it again" in log, log
+        _reinstall_flows(bed, ["web-1"])  # as the controller does for the restarted vswitchd
+        assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=2).received >= 2
+
+
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])
 def test_older_runtimes_get_the_result_in_their_version(veth_bed: AgentBed, version: str) -> None:
     bed = veth_bed
