@@ -434,12 +434,18 @@ def test_restart_reconciles_stale_pods_and_keeps_live_ones(veth_bed: AgentBed) -
     assert ping(os.path.basename(netns_path), UNDERLAY.ip, count=1).received >= 1
 
 
+def _plumb_then_stop_the_agent(bed: AgentBed, pod: str) -> str:
+    """ADD `pod` (its flows installed), then stop the agent; return the pod's address."""
+    bed.create_pod(pod)
+    run, _ = bed.add_ready(pod)
+    address = str(run.ok()["ips"][0]["address"]).split("/")[0]
+    assert bed.agent is not None and bed.agent.stop() == 0
+    return address
+
+
 def test_a_lost_ipam_store_is_rebuilt_from_the_live_ports(veth_bed: AgentBed) -> None:
     bed = veth_bed
-    bed.create_pod("web-1")
-    run, _ = bed.add_ready("web-1")
-    held = run.ok()["ips"][0]["address"].split("/")[0]
-    assert bed.agent is not None and bed.agent.stop() == 0
+    held = _plumb_then_stop_the_agent(bed, "web-1")
     shutil.rmtree(bed.ipam_dir)  # the state directory wiped, OVSDB kept
     bed.start_agent()
     assert "had no IPAM record: recorded again" in bed.agent.log()
@@ -459,10 +465,7 @@ def test_a_lost_ipam_store_is_rebuilt_from_the_live_ports(veth_bed: AgentBed) ->
 
 def test_records_of_earlier_agents_get_the_netns_so_their_pods_can_be_restored(veth_bed: AgentBed) -> None:
     bed = veth_bed
-    bed.create_pod("web-1")
-    run, _ = bed.add_ready("web-1")
-    held = run.ok()["ips"][0]["address"].split("/")[0]
-    assert bed.agent is not None and bed.agent.stop() == 0
+    held = _plumb_then_stop_the_agent(bed, "web-1")
     record = bed.ipam_dir / "allocations" / held
     doc = json.loads(record.read_text())
     del doc["netns"]  # as an agent before the netns was recorded wrote it
