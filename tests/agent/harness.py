@@ -301,6 +301,22 @@ class AgentBed:
             BRIDGE, render_flows(compile_node(Cluster((self.node_spec(),), specs), self.node_name))
         )
 
+    def reinstall_flows(self, pods: list[str]) -> None:
+        """Install the flows of `pods` as they are now (address from the annotation, ofport from
+        OVSDB), as the controller does for a bridge that came back or a restarted vswitchd."""
+        from ovsagent.naming import port_name
+
+        flows: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
+        for pod in pods:
+            spec = self.pod_spec(pod)
+            assert spec.ofport is not None, f"{pod} has no ofport"
+            flows[pod] = (port_name("default", pod), spec.ip, spec.ofport)
+        self.install_flows(flows)
+
+    def agent_log(self) -> str:
+        """The agent's log so far ("" before any agent was started): a wait's detail."""
+        return self.agent.log() if self.agent is not None else ""
+
     def add_ready(self, pod: str, **kwargs: Any) -> tuple[PluginRun, float]:
         """ADD `pod` while acting as the controller: once its port is on br-int, install its flows.
 

@@ -274,14 +274,11 @@ def test_status_0_then_51_while_the_bridge_or_its_ports_are_gone_then_50_without
         lambda: bed.cni("STATUS").returncode == 0,
         20,
         "STATUS 0 once br-int is built again",
-        detail=lambda: bed.agent.log() if bed.agent else "",
+        detail=bed.agent_log,
     )
     # OVS gone altogether: ADD cannot be served
     bed.node.stop()
-    deadline = time.monotonic() + 10
-    while (err := bed.cni("STATUS").error())["code"] != 50:
-        assert time.monotonic() < deadline, err
-        time.sleep(0.1)
+    err = _status_error(bed, 50)
     assert "OVSDB" in err["msg"], err
 
 
@@ -298,7 +295,7 @@ def test_status_50_until_the_node_has_a_pod_cidr(
         bed.in_node.run(bed.core.patch_node, NODE, {"spec": {"podCIDR": "100.64.1.0/24"}})
         deadline = time.monotonic() + 15
         while bed.cni("STATUS").returncode != 0:
-            assert time.monotonic() < deadline, bed.agent.log() if bed.agent else ""
+            assert time.monotonic() < deadline, bed.agent_log()
             time.sleep(0.2)
         assert bed.node_annotations()[agent_kube.NODE_TUNNEL_IP] == str(UNDERLAY.ip)
 
@@ -477,7 +474,7 @@ def test_records_of_earlier_agents_get_the_netns_so_their_pods_can_be_restored(v
         lambda: bed.ofport(port_name("default", "web-1")) is not None,
         15,
         "web-1 restored on a new br-int",
-        detail=lambda: bed.agent.log() if bed.agent else "",
+        detail=bed.agent_log,
     )
     assert _ip_records(bed) == [held]
 
@@ -589,9 +586,7 @@ def test_internal_pod_is_attached_again_after_a_vswitchd_restart(
         assert "attaching it again" in bed.agent.log()  # it was dead, and the agent noticed
         bed.cni("CHECK", "web-1", prevResult=result).ok()
         # the controller would push the flows again (a restarted vswitchd has none)
-        spec = bed.pod_spec("web-1")
-        assert spec.ofport is not None
-        bed.install_flows({"web-1": (port_name("default", "web-1"), spec.ip, spec.ofport)})
+        bed.reinstall_flows(["web-1"])
         assert ping(pod_ns, UNDERLAY.ip, count=2).received >= 2
 
 
@@ -602,16 +597,6 @@ def _devices(bed: AgentBed, pods: list[str]) -> dict[str, tuple[int, int]]:
         port, pod_ns = port_name("default", name), os.path.basename(bed.pods[name])
         devices[name] = (_ifindex(bed.node.netns, port), _ifindex(pod_ns, "eth0"))
     return devices
-
-
-def _reinstall_flows(bed: AgentBed, pods: list[str]) -> None:
-    """Install the pods' flows on a rebuilt br-int, as the controller does when it reconnects."""
-    flows: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
-    for pod in pods:
-        spec = bed.pod_spec(pod)
-        assert spec.ofport is not None, f"{pod} has no ofport"
-        flows[pod] = (port_name("default", pod), spec.ip, spec.ofport)
-    bed.install_flows(flows)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -635,7 +620,7 @@ def test_deleted_bridge_is_rebuilt_at_once_and_its_pods_restored(
             lambda: all(bed.ofport(port_name("default", name)) for name in pods),
             15,
             "the agent to rebuild br-int and restore both pods' ports",
-            detail=lambda: bed.agent.log() if bed.agent else "",
+            detail=bed.agent_log,
         )
         bed.cni("STATUS").ok()
         # same addresses, nothing freed or published anew; the interfaces are as ADD made them
@@ -648,7 +633,7 @@ def test_deleted_bridge_is_rebuilt_at_once_and_its_pods_restored(
         # the gateway port is published again (a new bridge may number it differently)
         gateway = bed.node.ofport("sluice-gw0")
         assert bed.node_annotations()["sluice.io/gateway-ofport"] == str(gateway), old_gateway
-        _reinstall_flows(bed, pods)
+        bed.reinstall_flows(pods)
         web1 = os.path.basename(bed.pods["web-1"])
         assert ping(web1, GATEWAY, count=1).received >= 1
         web2_ip = json.loads(statuses["web-2"])[0]["ips"][0]
@@ -674,7 +659,7 @@ def test_deleted_gateway_and_geneve_ports_are_put_back_at_once(
             repaired,
             15,
             "both ports back and STATUS 0",
-            detail=lambda: bed.agent.log() if bed.agent else "",
+            detail=bed.agent_log,
         )
         assert bed.node.ofport("sluice-tun0") == tunnel_ofport  # the configured, fixed one
         assert bed.node_annotations()["sluice.io/gateway-ofport"] == str(bed.node.ofport("sluice-gw0"))
@@ -700,10 +685,10 @@ def test_ovs_restarted_under_the_running_agent_keeps_pods_and_serves_again(veth_
         lambda: bed.cni("STATUS").returncode == 0,
         20,
         "STATUS 0 after OVS came back",
-        detail=lambda: bed.agent.log() if bed.agent else "",
+        detail=bed.agent_log,
     )
     assert (bed.ofport(port), _ifindex(bed.node.netns, port), _ip_records(bed)) == before
-    _reinstall_flows(bed, ["web-1"])  # a restarted vswitchd has no flows until the controller's push
+    bed.reinstall_flows(["web-1"])  # a restarted vswitchd has no flows until the controller's push
     assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
     bed.create_pod("web-2")
     run, _ = bed.add_ready("web-2")
@@ -727,11 +712,11 @@ def test_ovs_restarted_with_an_empty_database_gets_br_int_and_its_pods_back(veth
         lambda: bed.ofport(port_name("default", "web-1")) is not None and bed.cni("STATUS").returncode == 0,
         20,
         "br-int and web-1's port back, STATUS 0",
-        detail=lambda: bed.agent.log() if bed.agent else "",
+        detail=bed.agent_log,
     )
     assert _ip_records(bed) == records
     bed.cni("CHECK", "web-1", prevResult=result).ok()
-    _reinstall_flows(bed, ["web-1"])
+    bed.reinstall_flows(["web-1"])
     assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=1).received >= 1
 
 
@@ -768,7 +753,7 @@ def test_bridge_deleted_while_the_agent_is_down_is_rebuilt_at_start_with_live_po
     for name in ("web-2", "web-3"):
         assert bed.ofport(port_name("default", name)) is None
         assert not lab_netns.link_exists(bed.node.netns, port_name("default", name))
-    _reinstall_flows(bed, ["web-1", "web-4"])
+    bed.reinstall_flows(["web-1", "web-4"])
     for name in ("web-1", "web-4"):
         assert ping(os.path.basename(bed.pods[name]), GATEWAY, count=1).received >= 1
 
@@ -787,11 +772,11 @@ def test_internal_pod_is_attached_again_soon_after_vswitchd_restarts_under_the_a
             lambda: bed.cni("CHECK", "web-1", prevResult=result).returncode == 0,
             15,
             "web-1 attached again",
-            detail=lambda: bed.agent.log() if bed.agent else "",
+            detail=bed.agent_log,
         )
         log = bed.agent.log()
         assert "ovs-vswitchd restarted" in log and "attaching it again" in log, log
-        _reinstall_flows(bed, ["web-1"])  # as the controller does for the restarted vswitchd
+        bed.reinstall_flows(["web-1"])  # as the controller does for the restarted vswitchd
         assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=2).received >= 2
 
 
@@ -844,7 +829,7 @@ def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
             or str(orphan.ip) in _ip_records(bed)
             or lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
         ):
-            assert time.monotonic() < deadline, bed.agent.log() if bed.agent else ""
+            assert time.monotonic() < deadline, bed.agent_log()
             time.sleep(0.1)
         assert not lab_netns.link_exists(bed.node.netns, stale_port)
         assert _ip_records(bed) == [web1_ip]

@@ -229,12 +229,9 @@ def test_agent_killed_while_restoring_a_lost_bridge_restores_every_pod_at_restar
     _assert_consistent(bed)
     assert _ip_records(bed) == records
     assert not (bed.tmp / "state" / RESTORE_MARK).exists()
-    pods = {}
     for pod in ("live", other):
-        ofport = bed.ofport(port_name("default", pod))
-        assert ofport is not None, f"{pod} was not restored"
-        pods[pod] = (port_name("default", pod), bed.pod_spec(pod).ip, ofport)
-    bed.install_flows(pods)  # as the controller does for the new bridge
+        assert bed.ofport(port_name("default", pod)) is not None, f"{pod} was not restored"
+    bed.reinstall_flows(["live", other])  # as the controller does for the new bridge
     veth_crash_bed.live = _live_state(bed, "live")  # restored: a new interface and ofport
     _assert_live_untouched(bed, veth_crash_bed.live)
     bed.cni("DEL", other).ok()

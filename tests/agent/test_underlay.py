@@ -65,9 +65,8 @@ def _both_know(bed: AgentBed, peer: OvsNode, mac: str) -> None:
     ip = UNDERLAY.ip
 
     def state() -> str:
-        return f"kernel: {_kernel_mac(peer, ip)}, tnl/neigh: {_tunnel_mac(peer, ip)}, want {mac}\n" + (
-            bed.agent.log() if bed.agent else ""
-        )
+        known = f"kernel: {_kernel_mac(peer, ip)}, tnl/neigh: {_tunnel_mac(peer, ip)}, want {mac}"
+        return f"{known}\n{bed.agent_log()}"
 
     _wait_for(
         f"the peer to know {ip} at {mac}",
