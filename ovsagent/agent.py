@@ -45,7 +45,16 @@ from ovsagent.ipam import (
 from ovsagent.kube import NETWORK_STATUS, POD_PORT_NAME, KubeApi, KubeError, NotFound
 from ovsagent.metrics import AgentMetrics
 from ovsagent.naming import PORT_NAME_RE, Key, PodIdentity, mac_for_ip, port_name
-from ovsagent.node import NodeSetupError, NodeState, ensure_bridge, resolve_pod_cidr, setup_node
+from ovsagent.node import (
+    PHYS_BRIDGE,
+    NodeSetupError,
+    NodeState,
+    ensure_bridge,
+    prepare_underlay,
+    resolve_pod_cidr,
+    setup_node,
+    uses_phys_bridge,
+)
 from ovsagent.ovsdb import TUNNEL_PORT, Connection, OvsdbError, PortRecord
 
 log = logging.getLogger(__name__)
@@ -212,6 +221,8 @@ class Agent:
         self._restore_pending = False
         # Set when the resync found node set-up undone (bridge, gateway or Geneve port gone).
         self._setup_pending = False
+        # Whether br-phy (when used) is set up: done once, and again after the resync saw it gone.
+        self._underlay_ready = False
         self._vswitchd_pid: str | None = None  # as last read from its pidfile
         self._stop = threading.Event()
         self._retry_thread: threading.Thread | None = None
@@ -263,6 +274,10 @@ class Agent:
             current = self._ipam
         ipam: Ipam | None = None
         try:
+            # first: the API server may only be reachable through the underlay
+            if not self._underlay_ready:
+                prepare_underlay(self.config, self.ovsdb, host_netns=self.host_netns)
+                self._underlay_ready = True
             pod_cidr = resolve_pod_cidr(self.config, self.kube)
             if pod_cidr is None:
                 self._not_ready = f"Node {self.config.node_name} has no spec.podCIDR yet (and no override)"
@@ -385,10 +400,12 @@ class Agent:
                     log.error("resync failed: %s", exc)
                     return False
                 return True
-            if lost == [self.config.bridge]:
+            if self.config.bridge in lost:
                 # Every port went with the bridge. Reconciling against the empty bridge would
                 # free the address of every pod that still holds it: restore them instead.
                 self._mark_restore()
+            if PHYS_BRIDGE in lost:
+                self._underlay_ready = False
             if lost:
                 log.error("%s gone: setting the node up again", ", ".join(lost))
             self._setup_pending = True
@@ -396,11 +413,15 @@ class Agent:
         return self.try_setup()
 
     def _lost_setup(self) -> list[str]:
-        """Return what node set-up made that is gone: [br-int], or the gateway and Geneve ports
-        missing from it (empty: nothing). Raises OvsdbError."""
+        """Return what node set-up made that is gone: br-phy (where used), and br-int or else the
+        gateway and Geneve ports missing from it (empty: nothing). Raises OvsdbError."""
+        lost = []
+        if uses_phys_bridge(self.config) and self.ovsdb.bridge(PHYS_BRIDGE) is None:
+            lost.append(PHYS_BRIDGE)
         if self.ovsdb.bridge(self.config.bridge) is None:
-            return [self.config.bridge]
-        return [name for name in (self.config.gateway_port, TUNNEL_PORT) if self.ovsdb.port(name) is None]
+            return [*lost, self.config.bridge]
+        ports = (self.config.gateway_port, TUNNEL_PORT)
+        return lost + [name for name in ports if self.ovsdb.port(name) is None]
 
     @property
     def _restore_mark(self) -> Path:
@@ -898,15 +919,22 @@ class Agent:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection: {exc}") from None
         if not connected:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"no OVSDB connection to {self.ovsdb.target}")
-        if lost == [self.config.bridge]:
+        if self.config.bridge in lost:
             raise CniError(
                 ErrorCode.LIMITED_CONNECTIVITY,
                 f"bridge {self.config.bridge} is gone: existing pods may be cut off",
             )
         if self._node is None or self._ipam is None:
             raise CniError(ErrorCode.PLUGIN_NOT_AVAILABLE, f"cannot serve ADD: {self._not_ready}")
+        # Everything below exists once node set-up ran, so a missing one was deleted under us.
+        if PHYS_BRIDGE in lost:
+            raise CniError(
+                ErrorCode.LIMITED_CONNECTIVITY,
+                f"bridge {PHYS_BRIDGE} is gone, and the node's underlay address with it: "
+                "existing pods may be cut off from other nodes",
+            )
         # Without its gateway port no pod reaches the node; without the Geneve port no pod reaches
-        # another node. Both exist once node set-up ran, so a missing one was deleted under us.
+        # another node.
         if lost:
             raise CniError(
                 ErrorCode.LIMITED_CONNECTIVITY,

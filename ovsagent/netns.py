@@ -678,11 +678,7 @@ def link_addresses(name: str, *, netns: str | None = None) -> LinkAddresses | No
         if index is None:
             return None
         link = ipr.get_links(index)[0]
-        addresses = tuple(
-            ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-            for a in ipr.get_addr(family=socket.AF_INET, index=index)
-        )
-        return LinkAddresses(name, int(link.get_attr("IFLA_MTU")), addresses)
+        return LinkAddresses(name, int(link.get_attr("IFLA_MTU")), tuple(_addresses_of(ipr, index)))
 
 
 def default_route_interface(*, netns: str | None = None) -> str | None:
@@ -729,6 +725,84 @@ def link_mac(name: str, *, netns: str | None = None) -> str | None:
     return None if mac is None else ":".join(f"{b:02x}" for b in mac)
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayRoute:
+    """A main-table IPv4 route through a gateway (how the node reaches beyond its underlay subnet)."""
+
+    dst: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+
+    def __str__(self) -> str:
+        return f"{self.dst} via {self.gateway}"
+
+
+def _addresses_of(ipr: Any, index: int) -> list[ipaddress.IPv4Interface]:
+    return [
+        ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+        for a in ipr.get_addr(family=socket.AF_INET, index=index)
+    ]
+
+
+def _gateway_routes_of(ipr: Any, index: int) -> list[GatewayRoute]:
+    return [
+        GatewayRoute(
+            ipaddress.IPv4Network(f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}"),
+            ipaddress.IPv4Address(r.get_attr("RTA_GATEWAY")),
+        )
+        for r in ipr.get_routes(family=socket.AF_INET, table=254)
+        if r.get_attr("RTA_OIF") == index and r.get_attr("RTA_GATEWAY") is not None
+    ]
+
+
+def _put(
+    ipr: Any, index: int, addresses: Sequence[ipaddress.IPv4Interface], routes: Sequence[GatewayRoute]
+) -> None:
+    """Bring device `index` up with `addresses`, then route `routes` through it (replacing)."""
+    ipr.link("set", index=index, state="up")
+    for address in addresses:
+        ipr.addr("replace", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+    for route in routes:
+        _route_via(ipr, index, route)
+
+
+def _route_via(ipr: Any, index: int, route: GatewayRoute) -> None:
+    ipr.route("replace", dst=str(route.dst), gateway=str(route.gateway), oif=index)
+
+
+def gateway_routes(name: str, *, netns: str | None = None) -> list[GatewayRoute] | None:
+    """Return the main-table gateway routes that leave by device `name`, or None if it does not exist."""
+    with _iproute(netns) as ipr:
+        index = _index(ipr, name)
+        return None if index is None else _gateway_routes_of(ipr, index)
+
+
+def put_addresses(
+    name: str,
+    addresses: Sequence[ipaddress.IPv4Interface],
+    routes: Sequence[GatewayRoute],
+    *,
+    netns: str | None = None,
+) -> list[tuple[GatewayRoute, str]]:
+    """Give device `name` `addresses` (up), then route each of `routes` through it. Idempotent.
+    Returns the routes the kernel refused, with why (say, a gateway no longer on any of the
+    addresses' subnets): the others are in place. Raises NetlinkError for the device and addresses."""
+    refused: list[tuple[GatewayRoute, str]] = []
+    with _iproute(netns) as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            raise NetlinkError(f"no device {name} in {_where(netns)}")
+        try:
+            _put(ipr, index, addresses, ())
+        except _PyrouteNetlinkError as exc:
+            raise _fail(f"cannot put addresses on {name} in {_where(netns)}", exc) from None
+        for route in routes:
+            try:
+                _route_via(ipr, index, route)
+            except _PyrouteNetlinkError as exc:
+                refused.append((route, str(_fail(f"route {route}", exc))))
+    return refused
+
+
 def move_addresses(src: str, dst: str, *, netns: str | None = None) -> list[ipaddress.IPv4Interface]:
     """Move every IPv4 address of device `src` to device `dst` (up), with the routes via `src`.
 
@@ -745,22 +819,9 @@ def move_addresses(src: str, dst: str, *, netns: str | None = None) -> list[ipad
                 f"cannot move addresses from {src} to {dst} in {_where(netns)}: no such device"
             )
         try:
-            addresses = [
-                (ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"))
-                for a in ipr.get_addr(family=socket.AF_INET, index=src_index)
-            ]
-            routes = [
-                (f"{r.get_attr('RTA_DST') or '0.0.0.0'}/{r['dst_len']}", r.get_attr("RTA_GATEWAY"))
-                for r in ipr.get_routes(family=socket.AF_INET, table=254)
-                if r.get_attr("RTA_OIF") == src_index and r.get_attr("RTA_GATEWAY") is not None
-            ]
-            ipr.link("set", index=dst_index, state="up")
-            for address in addresses:
-                ipr.addr(
-                    "replace", index=dst_index, address=str(address.ip), prefixlen=address.network.prefixlen
-                )
-            for dst_net, gateway in routes:
-                ipr.route("replace", dst=dst_net, gateway=gateway, oif=dst_index)
+            addresses = _addresses_of(ipr, src_index)
+            routes = _gateway_routes_of(ipr, src_index)
+            _put(ipr, dst_index, addresses, routes)
             for address in addresses:
                 ipr.addr("del", index=src_index, address=str(address.ip), prefixlen=address.network.prefixlen)
             ipr.link("set", index=src_index, state="up")

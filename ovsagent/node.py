@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from ovsagent import netns
 from ovsagent.config import AgentConfig, DatapathType
+from ovsagent.durable import makedirs_durable, write_atomic
 from ovsagent.kube import (
     NODE_DATAPATH_ID,
     NODE_GATEWAY_OFPORT,
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 TUNNEL_OVERHEAD = 58
 # The userspace datapath's underlay bridge: the tunnel endpoint address lives on its internal port.
 PHYS_BRIDGE = "br-phy"
+# In `state_dir`: br-phy's addresses and gateway routes, as last set up (see `UnderlayMemory`).
+UNDERLAY_MEMORY = "underlay.json"
 
 
 class NodeSetupError(Exception):
@@ -130,6 +135,106 @@ def uses_phys_bridge(config: AgentConfig) -> bool:
     return config.datapath_type is DatapathType.NETDEV and config.underlay_interface is not None
 
 
+@dataclass(frozen=True, slots=True)
+class UnderlayMemory:
+    """br-phy's addresses and gateway routes as node set-up last left them, kept in
+    `<state_dir>/underlay.json`.
+
+    They were the underlay interface's until the agent moved them to br-phy's internal port.
+    When br-phy is deleted (`ovs-vsctl del-br`, an OVS clean-up script), that port goes and takes
+    them with it: the node loses its underlay, its API server connection and its tunnels, and
+    nothing on the node still knows the addresses. Node set-up puts them back from here.
+    """
+
+    interface: str
+    addresses: tuple[ipaddress.IPv4Interface, ...]
+    routes: tuple[netns.GatewayRoute, ...]
+
+    def dump(self) -> bytes:
+        """The file's content."""
+        doc = {
+            "interface": self.interface,
+            "addresses": [str(a) for a in self.addresses],
+            "routes": [{"dst": str(r.dst), "gateway": str(r.gateway)} for r in self.routes],
+        }
+        return (json.dumps(doc, indent=2) + "\n").encode()
+
+    @classmethod
+    def load(cls, data: bytes) -> UnderlayMemory:
+        """Parse the file's content. Raises ValueError naming what is wrong."""
+        try:
+            doc = json.loads(data)
+            return cls(
+                str(doc["interface"]),
+                tuple(ipaddress.IPv4Interface(a) for a in doc["addresses"]),
+                tuple(
+                    netns.GatewayRoute(ipaddress.IPv4Network(r["dst"]), ipaddress.IPv4Address(r["gateway"]))
+                    for r in doc["routes"]
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not an underlay record: {exc!r}") from None
+
+
+def _memory_path(config: AgentConfig) -> Path:
+    return config.state_dir / UNDERLAY_MEMORY
+
+
+def _recall_underlay(config: AgentConfig) -> UnderlayMemory | None:
+    """The recorded underlay of `config.underlay_interface`, or None (none, unreadable, another
+    interface's: logged)."""
+    path = _memory_path(config)
+    try:
+        memory = UnderlayMemory.load(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.error("cannot read the recorded underlay addresses in %s: %s", path, exc)
+        return None
+    if memory.interface != config.underlay_interface:
+        log.warning(
+            "%s records the underlay of %s, not of %s: not used",
+            path,
+            memory.interface,
+            config.underlay_interface,
+        )
+        return None
+    return memory
+
+
+def _remember_underlay(config: AgentConfig, memory: UnderlayMemory) -> None:
+    """Record `memory` durably, unless the file already says the same (an error is logged only:
+    the node works, it just could not be repaired from the record later)."""
+    path = _memory_path(config)
+    payload = memory.dump()
+    try:
+        if path.exists() and path.read_bytes() == payload:
+            return
+        makedirs_durable(path.parent)
+        write_atomic(path, payload)
+    except OSError as exc:
+        log.error("cannot record the underlay addresses in %s: %s", path, exc)
+
+
+def _put_back_underlay(config: AgentConfig, host_netns: str | None) -> None:
+    """Give br-phy (found without any address, and the underlay interface without any either)
+    the addresses and gateway routes recorded for it. Raises NetlinkError."""
+    memory = _recall_underlay(config)
+    if memory is None or not memory.addresses:
+        return
+    log.warning(
+        "%s lost the node's underlay addresses (deleted with its internal port?): putting back %s "
+        "and the routes %s, as recorded in %s",
+        PHYS_BRIDGE,
+        [str(a) for a in memory.addresses],
+        [str(r) for r in memory.routes],
+        _memory_path(config),
+    )
+    refused = netns.put_addresses(PHYS_BRIDGE, memory.addresses, memory.routes, netns=host_netns)
+    for route, error in refused:
+        log.error("cannot put back the underlay route %s on %s: %s", route, PHYS_BRIDGE, error)
+
+
 def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str | None = None) -> None:
     """For OVS userspace tunnelling: put the underlay interface on br-phy and move its address there.
 
@@ -139,7 +244,10 @@ def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str |
     bridge (OVS "userspace tunneling" how-to). br-phy is a plain `standalone` bridge (NORMAL
     switching), so the node's other underlay traffic keeps flowing through it. The underlay
     interface stops answering ARP for addresses it no longer holds, and br-phy's addresses are
-    announced by gratuitous ARP. Idempotent. Raises OvsdbError, NetlinkError.
+    announced by gratuitous ARP. When neither br-phy nor the underlay interface has an address,
+    br-phy was deleted with them: they are put back from the record (`UnderlayMemory`), which
+    every set-up refreshes. Run before anything that needs the underlay (the API server may only
+    be reachable through it). Idempotent. Raises OvsdbError, NetlinkError.
     """
     if not uses_phys_bridge(config):
         return
@@ -154,13 +262,20 @@ def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str |
     netns.answer_arp_only_for_own_addresses(config.underlay_interface, netns=host_netns)
     ovsdb.add_ports(PHYS_BRIDGE, [PortSpec(config.underlay_interface)])
     netns.move_addresses(config.underlay_interface, PHYS_BRIDGE, netns=host_netns)
+    phys = netns.link_addresses(PHYS_BRIDGE, netns=host_netns)
+    if phys is not None and not phys.addresses:
+        _put_back_underlay(config, host_netns)
+        phys = netns.link_addresses(PHYS_BRIDGE, netns=host_netns)
+    if phys is None or not phys.addresses:
+        return
+    routes = netns.gateway_routes(PHYS_BRIDGE, netns=host_netns) or []
+    _remember_underlay(config, UnderlayMemory(config.underlay_interface, phys.addresses, tuple(routes)))
     # br-phy's MAC differs from the underlay interface's: peers that resolved the address before
     # the move (kernels, other vswitchds' tunnel neighbour caches) would keep sending to the old
     # MAC, which br-phy does not deliver to its LOCAL port, and lose our Geneve packets. Announce
-    # on every start: a restart after a crash mid-move must still correct them.
-    phys = netns.link_addresses(PHYS_BRIDGE, netns=host_netns)
-    if phys is not None and phys.addresses:
-        netns.announce_addresses(PHYS_BRIDGE, [a.ip for a in phys.addresses], netns=host_netns)
+    # on every start: a restart after a crash mid-move must still correct them. (A br-phy made
+    # anew has a new MAC too.)
+    netns.announce_addresses(PHYS_BRIDGE, [a.ip for a in phys.addresses], netns=host_netns)
 
 
 def ensure_bridge(config: AgentConfig, ovsdb: Connection) -> str:
@@ -185,6 +300,15 @@ def ensure_bridge(config: AgentConfig, ovsdb: Connection) -> str:
     return dpid
 
 
+def prepare_underlay(config: AgentConfig, ovsdb: Connection, *, host_netns: str | None = None) -> None:
+    """The first step of node set-up, before the API server is asked anything: br-phy where the
+    datapath needs it (`ensure_phys_bridge`). Raises NodeSetupError."""
+    try:
+        ensure_phys_bridge(config, ovsdb, host_netns)
+    except (OvsdbError, netns.NetlinkError) as exc:
+        raise NodeSetupError(f"underlay set-up on {PHYS_BRIDGE} failed: {exc}") from None
+
+
 def setup_node(
     config: AgentConfig,
     ovsdb: Connection,
@@ -194,11 +318,11 @@ def setup_node(
 ) -> NodeState:
     """Set up br-int, the Geneve port and the gateway port for `pod_cidr`; return the node's state.
 
-    The gateway port gets the podCIDR's first address with the podCIDR's prefix, so the kernel's
-    connected route sends the pod network through it. Raises NodeSetupError.
+    Runs after `prepare_underlay`. The gateway port gets the podCIDR's first address with the
+    podCIDR's prefix, so the kernel's connected route sends the pod network through it. Raises
+    NodeSetupError.
     """
     try:
-        ensure_phys_bridge(config, ovsdb, host_netns)
         underlay = find_underlay(config, host_netns)
         dpid = ensure_bridge(config, ovsdb)
         gateway = ipaddress.IPv4Interface(f"{pod_cidr.network_address + 1}/{pod_cidr.prefixlen}")

@@ -266,16 +266,23 @@ def test_status_0_then_51_while_the_bridge_or_its_ports_are_gone_then_50_without
         bed.node.vsctl("--no-wait", "del-port", BRIDGE, "sluice-tun0")
         err = _status_error(bed, 51)
         assert "sluice-tun0" in err["msg"], err
+        # br-phy deleted, and the node's underlay address with its internal port
+        bed.node.vsctl("--no-wait", "del-br", "br-phy")
+        err = _status_error(bed, 51)
+        assert "br-phy is gone" in err["msg"] and "underlay address" in err["msg"], err
         bed.node.vsctl("--no-wait", "del-br", BRIDGE)
         err = _status_error(bed, 51)
         assert BRIDGE in err["msg"] and "is gone" in err["msg"], err
-    # vswitchd runs again: the agent builds br-int and its ports again
+    # vswitchd runs again: the agent builds both bridges and br-int's ports again, and br-phy
+    # gets back the underlay address
     wait_until(
         lambda: bed.cni("STATUS").returncode == 0,
         20,
-        "STATUS 0 once br-int is built again",
+        "STATUS 0 once br-int and br-phy are built again",
         detail=bed.agent_log,
     )
+    phys = lab_netns.Netns(bed.node.netns).ip("-4", "-o", "addr", "show", "dev", "br-phy").stdout
+    assert str(UNDERLAY) in phys, phys
     # OVS gone altogether: ADD cannot be served
     bed.node.stop()
     err = _status_error(bed, 50)
@@ -479,19 +486,27 @@ def test_records_of_earlier_agents_get_the_netns_so_their_pods_can_be_restored(v
     assert _ip_records(bed) == [held]
 
 
-def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
+# a network beyond the underlay subnet, reached through the other node: its route must follow the
+# underlay address to br-phy
+BEYOND = "198.19.0.0/24"
+
+
+@contextlib.contextmanager
+def _two_nodes_with_a_pod_each(
     ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
-) -> None:
+) -> Iterator[tuple[list[AgentBed], dict[str, str]]]:
+    """node-1 with pod web-1 and node-2 with web-2, each node's uplink0 on one underlay bridge,
+    both pods ADDed and their flows installed; yields the beds and the pods' IPs."""
     fabric = netns()
     fabric.ip("link", "add", "fabric0", "type", "bridge")
     fabric.ip("link", "set", "fabric0", "up")
     nodes = [
-        ("node-1", "100.64.1.0/24", "198.18.0.11/24", "web-1"),
-        ("node-2", "100.64.2.0/24", "198.18.0.12/24", "web-2"),
+        ("node-1", "100.64.1.0/24", "198.18.0.11/24", "web-1", "198.18.0.12"),
+        ("node-2", "100.64.2.0/24", "198.18.0.12/24", "web-2", "198.18.0.11"),
     ]
     with contextlib.ExitStack() as stack:
         beds: list[AgentBed] = []
-        for i, (name, cidr, underlay, _) in enumerate(nodes, start=1):
+        for i, (name, cidr, underlay, _, other) in enumerate(nodes, start=1):
             bed = stack.enter_context(
                 agent_bed(
                     ovs_node_factory,
@@ -504,11 +519,12 @@ def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
                 )
             )
             fabric.ip("link", "set", f"n{i}", "master", "fabric0")
+            lab_netns.Netns(bed.node.netns).ip("route", "add", BEYOND, "via", other, "dev", "uplink0")
             bed.start_agent()
             beds.append(bed)
         runs: dict[str, Any] = {}
         threads = []
-        for bed, (_, _, _, pod) in zip(beds, nodes, strict=True):
+        for bed, (_, _, _, pod, _) in zip(beds, nodes, strict=True):
             bed.create_pod(pod)
             thread = threading.Thread(target=lambda b=bed, p=pod: runs.setdefault(p, b.cni("ADD", p)))
             thread.start()
@@ -516,7 +532,7 @@ def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
         # the controller's part: both nodes' flows, from what the agents published
         deadline = time.monotonic() + FLOW_WAIT
         specs = []
-        for bed, (_, _, _, pod) in zip(beds, nodes, strict=True):
+        for bed, (_, _, _, pod, _) in zip(beds, nodes, strict=True):
             while (spec := bed.pod_spec(pod)).ofport is None:
                 assert time.monotonic() < deadline, f"{pod} has no port"
                 time.sleep(0.02)
@@ -527,14 +543,57 @@ def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
         for thread in threads:
             thread.join(30)
         results = {pod: run.ok() for pod, run in runs.items()}
-        web2_ip = results["web-2"]["ips"][0]["address"].split("/")[0]
-        web1_ns = os.path.basename(beds[0].pods["web-1"])
-        # the first packet may go while OVS resolves the remote tunnel endpoint's MAC (it ARPs
-        # through br-phy and drops the packet meanwhile): warm up, then expect no loss
-        ping(web1_ns, web2_ip, count=1)
-        assert ping(web1_ns, web2_ip, count=3).received >= 3
-        web1_ip = results["web-1"]["ips"][0]["address"].split("/")[0]
-        assert ping(os.path.basename(beds[1].pods["web-2"]), web1_ip, count=2).received >= 2
+        yield beds, {pod: result["ips"][0]["address"].split("/")[0] for pod, result in results.items()}
+
+
+def _pods_talk(beds: list[AgentBed], ips: dict[str, str]) -> None:
+    web1_ns, web2_ns = (os.path.basename(beds[i].pods[f"web-{i + 1}"]) for i in range(2))
+    # the first packet may go while OVS resolves the remote tunnel endpoint's MAC (it ARPs
+    # through br-phy and drops the packet meanwhile): warm up, then expect no loss
+    ping(web1_ns, ips["web-2"], count=1)
+    assert ping(web1_ns, ips["web-2"], count=3).received >= 3
+    assert ping(web2_ns, ips["web-1"], count=2).received >= 2
+
+
+def test_two_nodes_pods_talk_through_the_geneve_tunnel_over_br_phy(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with _two_nodes_with_a_pod_each(ovs_node_factory, netns) as (beds, ips):
+        _pods_talk(beds, ips)
+        # the underlay's gateway route moved to br-phy with the address
+        routes = lab_netns.Netns(beds[0].node.netns).ip("route", "show", BEYOND).stdout
+        assert "via 198.18.0.12 dev br-phy" in routes, routes
+
+
+@pytest.mark.parametrize("agent", ["running", "stopped"])
+def test_deleted_br_phy_comes_back_with_the_underlay_address_and_routes(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory, agent: str
+) -> None:
+    # `ovs-vsctl del-br br-phy` takes the node's underlay address with br-phy's internal port:
+    # nothing on the node still has it but the agent's record
+    with _two_nodes_with_a_pod_each(ovs_node_factory, netns) as (beds, ips):
+        bed = beds[0]
+        ns = lab_netns.Netns(bed.node.netns)
+        old_mac = lab_netns.link_info(bed.node.netns, "br-phy").mac
+        if agent == "stopped":
+            assert bed.agent is not None and bed.agent.stop() == 0
+        bed.node.vsctl("del-br", "br-phy")
+        assert "198.18.0.11" not in ns.ip("-4", "-o", "addr", "show").stdout
+        if agent == "stopped":
+            bed.start_agent()
+
+        def underlay_back() -> bool:
+            return "198.18.0.11/24" in ns.ip("-4", "-o", "addr", "show", "dev", "br-phy", check=False).stdout
+
+        wait_until(underlay_back, 15, "br-phy back with 198.18.0.11/24", detail=bed.agent_log)
+        assert "uplink0" in bed.node.vsctl("list-ports", "br-phy").split()
+        routes = ns.ip("route", "show", BEYOND).stdout
+        assert "via 198.18.0.12 dev br-phy" in routes, routes
+        assert lab_netns.link_info(bed.node.netns, "br-phy").mac != old_mac  # a new device
+        assert "putting back ['198.18.0.11/24']" in bed.agent_log()
+        wait_until(lambda: bed.cni("STATUS").returncode == 0, 15, "STATUS 0", detail=bed.agent_log)
+        # node-2 learned the new br-phy's MAC (announced): the pods talk across the tunnel again
+        _pods_talk(beds, ips)
 
 
 def test_agent_killed_during_add_then_restarted_leaks_nothing(veth_bed: AgentBed) -> None:

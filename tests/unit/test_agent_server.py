@@ -4,6 +4,7 @@ comparison, static-IP requests, and the CNI server on a real unix socket."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -21,10 +22,19 @@ import pytest
 from cni.errors import CniError
 from cni.protocol import CniArgs, Command, Request, Response, call
 from controller import annotations as controller_annotations
-from ovsagent import kube
+from ovsagent import kube, netns
 from ovsagent.agent import KeyedLocks, OperationGate, _check_prev_result, _requested_ip
 from ovsagent.config import AgentConfig, load_config
-from ovsagent.node import NodeSetupError, NodeState, datapath_id_for, resolve_pod_cidr
+from ovsagent.node import (
+    UNDERLAY_MEMORY,
+    NodeSetupError,
+    NodeState,
+    UnderlayMemory,
+    _recall_underlay,
+    _remember_underlay,
+    datapath_id_for,
+    resolve_pod_cidr,
+)
 from ovsagent.server import CniServer, ServerError
 
 
@@ -273,6 +283,38 @@ def test_pod_cidr_comes_from_the_node_unless_overridden() -> None:
         resolve_pod_cidr(_config(), FakeKube("100.64.1.5/24"))
     with pytest.raises(kube.NotFound):
         resolve_pod_cidr(_config(node_name="node-2"), fake)
+
+
+def test_the_underlay_record_round_trips_and_a_bad_one_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = _config(state_dir=str(tmp_path / "state"), underlay_interface="uplink0")
+    memory = UnderlayMemory(
+        "uplink0",
+        (ipaddress.IPv4Interface("198.18.0.11/24"),),
+        (netns.GatewayRoute(ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv4Address("198.18.0.1")),),
+    )
+    assert _recall_underlay(config) is None  # nothing recorded yet
+    _remember_underlay(config, memory)  # creates state_dir
+    path = tmp_path / "state" / UNDERLAY_MEMORY
+    assert json.loads(path.read_text()) == {
+        "interface": "uplink0",
+        "addresses": ["198.18.0.11/24"],
+        "routes": [{"dst": "0.0.0.0/0", "gateway": "198.18.0.1"}],
+    }
+    assert _recall_underlay(config) == memory
+    # another interface's record is not put on this one
+    assert _recall_underlay(_config(state_dir=str(tmp_path / "state"), underlay_interface="eth1")) is None
+    assert "records the underlay of uplink0, not of eth1" in caplog.text
+    for bad in (
+        b"{",
+        b'{"interface": "uplink0"}',
+        b'{"interface": "uplink0", "addresses": ["nope"], "routes": []}',
+    ):
+        path.write_bytes(bad)
+        caplog.clear()
+        assert _recall_underlay(config) is None
+        assert "cannot read the recorded underlay addresses" in caplog.text, bad
 
 
 def test_node_state_annotations_are_what_the_controller_reads() -> None:
