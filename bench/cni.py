@@ -62,7 +62,7 @@ from flows.flowset import FlowSet
 from flows.ofctl import render_flows
 from lab import netns as lab_netns
 from ovsagent.naming import port_name
-from tests.agent.harness import AgentBed, InNetns, agent_bed, standalone_factories
+from tests.agent.harness import AgentBed, InNetns, agent_bed, meta, standalone_factories
 from tests.cni.conftest import plugin_path
 
 REFERENCE_DIR = Path("/usr/lib/cni")
@@ -157,7 +157,7 @@ class WatchingStandIn:
         self._ofports = OfportWatch(bed.node.db_target)
         self._pending: queue.Queue[tuple[str, ipaddress.IPv4Address] | None] = queue.Queue()
         self._installer = threading.Thread(target=self._install_loop, daemon=True)
-        self._watch = watch.Watch()
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
         self._done: set[str] = set()
         self._cache = CompileCache()
         self._pushed = FlowSet()  # the last compile, all of it pushed (stale flows are left)
@@ -177,7 +177,7 @@ class WatchingStandIn:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._watch.stop()
+        self._watch.stop()  # type: ignore[no-untyped-call]
         self._thread.join(10)
         self._pending.put(None)
         self._installer.join(10)
@@ -192,12 +192,13 @@ class WatchingStandIn:
             try:
                 if version is None:
                     listed = self.bed.core.list_namespaced_pod("default")
+                    assert listed.metadata is not None
                     version = listed.metadata.resource_version
                     for pod in listed.items:
-                        self._seen(pod.metadata.name, pod.metadata.annotations)
+                        self._seen(str(meta(pod).name), meta(pod).annotations)
                 # Plain JSON events (deserialize=False): building V1Pod objects costs the
                 # kubernetes client milliseconds of CPU per event, which a controller does not pay.
-                for event in self._watch.stream(
+                for event in self._watch.stream(  # type: ignore[no-untyped-call]
                     self.bed.core.list_namespaced_pod,
                     "default",
                     resource_version=version,
@@ -207,9 +208,9 @@ class WatchingStandIn:
                     if event["type"] == "ERROR":
                         version = None
                         break
-                    meta = event["object"]["metadata"]
-                    self._seen(meta["name"], meta.get("annotations"))
-                    version = meta["resourceVersion"]
+                    metadata = event["object"]["metadata"]
+                    self._seen(metadata["name"], metadata.get("annotations"))
+                    version = metadata["resourceVersion"]
             except Exception as exc:  # keep watching; report at the end
                 version = None
                 if not self._stop.is_set():

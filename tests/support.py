@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
+
+
+def body(obj: Mapping[str, Any]) -> Any:
+    """`obj`, a Kubernetes object written as its JSON (malformed ones included, on purpose), as
+    the body of a typed `kubernetes` client call, which sends a mapping as it is."""
+    return obj
 
 
 def in_ci() -> bool:

@@ -64,6 +64,14 @@ def vswitchd_stopped(node: OvsNode) -> Iterator[Callable[[], None]]:
         os.kill(vswitchd, signal.SIGCONT)
 
 
+def meta(obj: Any) -> client.V1ObjectMeta:
+    """An API object's metadata, which the API server always sends (the client's models type it
+    as optional)."""
+    metadata = obj.metadata
+    assert isinstance(metadata, client.V1ObjectMeta), obj
+    return metadata
+
+
 class InNetns:
     """Worker threads (one unless asked) that entered a network namespace; `run(fn, ...)` calls
     `fn` on one of them, and so does `submit`, without waiting. Processes they start live there too."""
@@ -219,17 +227,17 @@ class AgentBed:
     def pod_uid(self, name: str, namespace: str = "default") -> str:
         """The Pod's uid."""
         pod = self.in_node.run(self.core.read_namespaced_pod, name, namespace)
-        return str(pod.metadata.uid)
+        return str(meta(pod).uid)
 
     def annotations(self, name: str, namespace: str = "default") -> dict[str, str]:
         """The Pod's annotations."""
         pod = self.in_node.run(self.core.read_namespaced_pod, name, namespace)
-        return dict(pod.metadata.annotations or {})
+        return dict(meta(pod).annotations or {})
 
     def node_annotations(self) -> dict[str, str]:
         """The Node's annotations."""
         node = self.in_node.run(self.core.read_node, self.node_name)
-        return dict(node.metadata.annotations or {})
+        return dict(meta(node).annotations or {})
 
     def cni(
         self,
@@ -477,11 +485,12 @@ class ControllerStandIn:
                 ofports = self._ofports()
                 ready: dict[str, tuple[str, ipaddress.IPv4Address, int]] = {}
                 for pod in pods:
-                    status = (pod.metadata.annotations or {}).get("k8s.v1.cni.cncf.io/network-status")
-                    port = port_name("default", pod.metadata.name)
+                    status = (meta(pod).annotations or {}).get("k8s.v1.cni.cncf.io/network-status")
+                    name = str(meta(pod).name)
+                    port = port_name("default", name)
                     if status and ofports.get(port):
                         ip = ipaddress.IPv4Address(json.loads(status)[0]["ips"][0])
-                        ready[pod.metadata.name] = (port, ip, ofports[port])
+                        ready[name] = (port, ip, ofports[port])
                 if set(ready) - installed:
                     self.bed.install_flows(ready)
                     installed = set(ready)

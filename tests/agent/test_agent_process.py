@@ -109,7 +109,7 @@ def test_node_setup_bridge_gateway_tunnel_and_annotations(veth_bed: AgentBed) ->
     mode = stat.S_IMODE(os.stat(bed.socket_path).st_mode)
     assert mode == 0o600
     # a clean start: no third-party deprecation notice (python-ovs importing eventlet) in the log
-    assert "Eventlet is deprecated" not in bed.agent.log()
+    assert "Eventlet is deprecated" not in bed.agent_log()
 
 
 def test_add_waits_for_flows_then_pod_pings_gateway_and_retry_is_identical(bed: AgentBed) -> None:
@@ -307,6 +307,11 @@ def test_status_50_until_the_node_has_a_pod_cidr(
         assert bed.node_annotations()[agent_kube.NODE_TUNNEL_IP] == str(UNDERLAY.ip)
 
 
+def _gc_config(key: str, attachments: list[dict[str, str]]) -> dict[str, Any]:
+    """GC's network config addition listing `attachments` under `key`."""
+    return {key: attachments}
+
+
 def test_gc_removes_attachments_not_listed(veth_bed: AgentBed) -> None:
     bed = veth_bed
     for name in ("web-1", "web-2"):
@@ -317,14 +322,14 @@ def test_gc_removes_attachments_not_listed(veth_bed: AgentBed) -> None:
     bed.cni("GC").ok()
     assert len(_ip_records(bed)) == 2
     keep = [{"containerID": "c-web-1", "ifname": "eth0"}]
-    bed.cni("GC", **{"cni.dev/valid-attachments": keep}).ok()
+    bed.cni("GC", **_gc_config("cni.dev/valid-attachments", keep)).ok()
     assert bed.ofport(port_name("default", "web-1")) is not None
     assert bed.ofport(port_name("default", "web-2")) is None
     assert len(_ip_records(bed)) == 1
     assert NETWORK_STATUS not in bed.annotations("web-2")
     assert NETWORK_STATUS in bed.annotations("web-1")
     # the legacy key works too
-    bed.cni("GC", **{"cni.dev/attachments": []}).ok()
+    bed.cni("GC", **_gc_config("cni.dev/attachments", [])).ok()
     assert bed.ofport(port_name("default", "web-1")) is None
     assert _ip_records(bed) == []
 
@@ -452,7 +457,7 @@ def test_a_lost_ipam_store_is_rebuilt_from_the_live_ports(veth_bed: AgentBed) ->
     held = _plumb_then_stop_the_agent(bed, "web-1")
     shutil.rmtree(bed.ipam_dir)  # the state directory wiped, OVSDB kept
     bed.start_agent()
-    assert "had no IPAM record: recorded again" in bed.agent.log()
+    assert "had no IPAM record: recorded again" in bed.agent_log()
     assert _ip_records(bed) == [held]
     with Ipam(bed.ipam_dir, "100.64.1.0/24") as ipam:
         (allocation,) = ipam.allocations()
@@ -833,7 +838,7 @@ def test_internal_pod_is_attached_again_soon_after_vswitchd_restarts_under_the_a
             "web-1 attached again",
             detail=bed.agent_log,
         )
-        log = bed.agent.log()
+        log = bed.agent_log()
         assert "ovs-vswitchd restarted" in log and "attaching it again" in log, log
         bed.reinstall_flows(["web-1"])  # as the controller does for the restarted vswitchd
         assert ping(os.path.basename(bed.pods["web-1"]), GATEWAY, count=2).received >= 2
@@ -930,7 +935,7 @@ def test_gc_keeps_going_past_errors_and_reports_them_all(veth_bed: AgentBed) -> 
         run.ok()
     # the API server goes away: clearing each pod's annotations fails, removing the rest does not
     bed.in_node.run(bed.apiserver.stop)
-    err = bed.cni("GC", **{"cni.dev/valid-attachments": []}).error()
+    err = bed.cni("GC", **_gc_config("cni.dev/valid-attachments", [])).error()
     assert err["code"] == 105 and "2 error(s)" in err["msg"], err
     assert err["details"].count("cannot remove the network status") == 2, err
     for name in ("web-1", "web-2"):

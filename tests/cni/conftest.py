@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -193,7 +193,7 @@ class StubAgent:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn, conn.makefile("rwb") as stream:
+        with conn, cast(BinaryIO, conn.makefile("rwb")) as stream:
             try:
                 request = read_request(stream)
             except ProtocolError as exc:

@@ -6,7 +6,7 @@ import io
 import json
 import socket
 import threading
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 from hypothesis import given
@@ -328,7 +328,7 @@ def test_error_codes_use_the_spec_numbers() -> None:
 
 def test_read_request_and_write_response_over_a_socket() -> None:
     plugin_side, agent_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with plugin_side, agent_side, agent_side.makefile("rwb") as stream:
+    with plugin_side, agent_side, cast(BinaryIO, agent_side.makefile("rwb")) as stream:
         plugin_side.sendall(encode(make_request()))
         assert read_request(stream) == make_request()
         write_response(stream, Response.failure(ErrorCode.TRY_AGAIN_LATER, "later"))

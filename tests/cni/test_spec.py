@@ -143,7 +143,7 @@ def test_shape_result_refuses_invalid_results(result: Any, needle: str) -> None:
 
 
 def test_current_prev_result_drops_only_ip_versions() -> None:
-    prev = {
+    prev: dict[str, Any] = {
         "cniVersion": "0.4.0",
         "interfaces": [{"name": "eth0", "custom": 1}],
         "ips": [{"version": "4", "address": "100.64.0.5/24", "interface": 0}],

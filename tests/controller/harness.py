@@ -280,6 +280,10 @@ class ControllerProcess:
                     total += sample.value
         return total
 
+    def reconciled(self, node: str) -> bool:
+        """Whether the current run has reconciled `node` and found it in sync at least once."""
+        return self.metric("sluice_controller_reconciles_total", node=node, result="in_sync") >= 1
+
     def flow_mods(self, node: str | None = None) -> int:
         """Return the flow-mods the current run has sent (to `node`, or to all)."""
         labels = {"node": node} if node else {}

@@ -13,6 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from tests.controller.harness import (
     warm_tunnel,
 )
 from tests.controller.kube import node_obj
+from tests.support import body
 
 pytestmark = pytest.mark.ovs
 
@@ -73,11 +75,11 @@ class Lab:
             )
 
     def create_node(self, node: LabNode, *, with_datapath_id: bool = True) -> None:
-        self.core.create_node(node.node_object(with_datapath_id=with_datapath_id))
+        self.core.create_node(body(node.node_object(with_datapath_id=with_datapath_id)))
 
     def create_pod(self, name: str, node: LabNode, ip: str, port_name: str) -> dict[str, Any]:
         status = [{"name": "sluice", "interface": "eth0", "ips": [ip], "mac": "", "default": True}]
-        body = {
+        pod = {
             "metadata": {
                 "name": name,
                 "annotations": {ann.POD_PORT_NAME: port_name, ann.NETWORK_STATUS: json.dumps(status)},
@@ -85,7 +87,7 @@ class Lab:
             "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "busybox"}]},
         }
         created: dict[str, Any] = self.core.api_client.sanitize_for_serialization(
-            self.core.create_namespaced_pod(NAMESPACE, body)
+            self.core.create_namespaced_pod(NAMESPACE, body(pod))
         )
         return created
 
@@ -98,7 +100,7 @@ def lab(ovs_node_factory: OvsNodeFactory, tmp_path: Path) -> Iterator[Lab]:
     try:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         core = client.CoreV1Api(api.api_client())
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
+        core.create_namespace(body({"metadata": {"name": NAMESPACE}}))
         controller = ControllerProcess(tmp_path, kubeconfig)
         for index, name in ((1, "node-1"), (2, "node-2")):
             nodes.append(setup_node(ovs_node_factory(name), name, index, [controller.openflow_port]))
@@ -166,12 +168,7 @@ def test_restart_against_an_unchanged_cluster_sends_no_flow_mod(lab: Lab) -> Non
     lab.controller.start()
     for node in lab.nodes:
         wait_for(
-            lambda node=node: (
-                lab.controller.metric(  # type: ignore[misc]
-                    "sluice_controller_reconciles_total", node=node.name, result="in_sync"
-                )
-                >= 1
-            ),
+            partial(lab.controller.reconciled, node.name),
             CONVERGE,
             f"{node.name} reconciled after the restart",
             lab.controller.log_text,
@@ -223,8 +220,8 @@ def test_a_switch_matching_no_node_waits_until_its_node_names_it(lab: Lab) -> No
 
 
 def test_malformed_objects_are_skipped_with_one_log_line_each(lab: Lab) -> None:
-    lab.core.create_node({"metadata": {"name": "node-bad", "annotations": {}}, "spec": {}})
-    lab.core.create_node(node_obj("node-no-tunnel", "100.64.9.0/24", None))
+    lab.core.create_node(body({"metadata": {"name": "node-bad", "annotations": {}}, "spec": {}}))
+    lab.core.create_node(body(node_obj("node-no-tunnel", "100.64.9.0/24", None)))
     start_cluster(lab)
     bad = {
         "metadata": {
@@ -233,7 +230,7 @@ def test_malformed_objects_are_skipped_with_one_log_line_each(lab: Lab) -> None:
         },
         "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]},
     }
-    lab.core.create_namespaced_pod(NAMESPACE, bad)
+    lab.core.create_namespaced_pod(NAMESPACE, body(bad))
     node1 = lab.node("node-1")
     node1.add_pod_port("p-web-1", 3)
     lab.create_pod("web-1", node1, "100.64.1.10", "p-web-1")

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,7 @@ from tests.controller.harness import (
     wait_for,
     warm_tunnel,
 )
+from tests.support import body
 
 pytestmark = pytest.mark.ovs
 
@@ -72,7 +74,7 @@ def ha(ovs_node_factory: OvsNodeFactory, tmp_path: Path) -> Iterator[HaLab]:
     try:
         kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         core = client.CoreV1Api(api.api_client())
-        core.create_namespace({"metadata": {"name": "apps"}})
+        core.create_namespace(body({"metadata": {"name": "apps"}}))
         replicas = [
             ControllerProcess(tmp_path, kubeconfig, identity=name, lease_duration=LEASE_SECONDS)
             for name in ("replica-a", "replica-b")
@@ -81,7 +83,7 @@ def ha(ovs_node_factory: OvsNodeFactory, tmp_path: Path) -> Iterator[HaLab]:
         for index, name in ((1, "node-1"), (2, "node-2")):
             nodes.append(setup_node(ovs_node_factory(name), name, index, ports))
         for node in nodes:
-            core.create_node(node.node_object())
+            core.create_node(body(node.node_object()))
         yield HaLab(api, core, nodes, replicas[0], replicas[1])
     finally:
         for replica in replicas:
@@ -96,10 +98,12 @@ def create_pod(ha: HaLab, node: LabNode, name: str, ip: str, port_name: str) -> 
     annotations = {ann.POD_PORT_NAME: port_name, ann.NETWORK_STATUS: status}
     ha.core.create_namespaced_pod(
         "apps",
-        {
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "busybox"}]},
-        },
+        body(
+            {
+                "metadata": {"name": name, "annotations": annotations},
+                "spec": {"nodeName": node.name, "containers": [{"name": "c", "image": "busybox"}]},
+            }
+        ),
     )
 
 
@@ -169,12 +173,7 @@ def test_killing_the_leader_fails_over_within_the_lease_without_a_flow_mod(
     wait_for(lambda: ha.masters(RELAY_PORT + 1), CONVERGE, "replica-b master everywhere", ha.b.log_text)
     for node in ha.nodes:
         wait_for(
-            lambda node=node: (
-                ha.b.metric(  # type: ignore[misc]
-                    "sluice_controller_reconciles_total", node=node.name, result="in_sync"
-                )
-                >= 1
-            ),
+            partial(ha.b.reconciled, node.name),
             CONVERGE,
             f"replica-b reconciled {node.name}",
             ha.b.log_text,

@@ -19,7 +19,7 @@ from lab.apiserver import ApiServer, ServerOptions
 from lab.apiserver.kubeconfig import api_client
 from tests.controller.harness import free_port
 from tests.controller.kube import node_obj, pod_obj
-from tests.support import wait_until
+from tests.support import body, wait_until
 
 
 def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -37,7 +37,7 @@ def server() -> Iterator[ApiServer]:
 
 def make_namespace(core: client.CoreV1Api) -> str:
     name = f"t-{secrets.token_hex(3)}"
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(body({"metadata": {"name": name}}))
     return name
 
 
@@ -68,7 +68,7 @@ def test_bookmarks_advance_the_resource_version_without_events(server: ApiServer
     informer, _ = namespaces_informer(server, resync_seconds=3)
     informer.relist()
     listed = int(informer.resource_version or 0)
-    core.create_node(node_obj("n1", "100.64.1.0/24", "198.18.0.11"))  # another resource moves on
+    core.create_node(body(node_obj("n1", "100.64.1.0/24", "198.18.0.11")))  # another resource moves on
     informer.watch_once()  # ~3s: only bookmarks arrive (the stand-in sends none to watches under 2s)
     assert int(informer.resource_version or 0) > listed
 
@@ -120,8 +120,8 @@ def test_nodes_and_pods_reach_the_model_and_mark_their_nodes_dirty(server: ApiSe
     informers.start()
     try:
         eventually(informers.synced)
-        core.create_node(node_obj("n1", "100.64.1.0/24", "198.18.0.11"))
-        core.create_node(node_obj("n2", "100.64.2.0/24", "198.18.0.12"))
+        core.create_node(body(node_obj("n1", "100.64.1.0/24", "198.18.0.11")))
+        core.create_node(body(node_obj("n2", "100.64.2.0/24", "198.18.0.12")))
         eventually(lambda: model.node_names() == {"n1", "n2"})
         eventually(lambda: dirty.pending() == {"n1", "n2"})
         while (taken := dirty.take(timeout=0)) is not None:
@@ -129,7 +129,7 @@ def test_nodes_and_pods_reach_the_model_and_mark_their_nodes_dirty(server: ApiSe
         ns = make_namespace(core)
         eventually(lambda: ns in informers.namespaces.object_keys())
         pod = pod_obj(ns, "web", "n2", "100.64.2.10")
-        core.create_namespaced_pod(ns, {k: pod[k] for k in ("metadata", "spec")})
+        core.create_namespaced_pod(ns, body({k: pod[k] for k in ("metadata", "spec")}))
         eventually(lambda: len(model.snapshot().pods_on("n2")) == 1)
         assert dirty.pending() == {"n2"}  # only the pod's own node
     finally:
@@ -145,8 +145,8 @@ def test_a_malformed_node_is_skipped_and_the_rest_kept(
     informer = Informer(
         Resource.NODES, list_function(Resource.NODES, server.api_client()), sink, resync_seconds=1
     )
-    core.create_node(node_obj("bad", None, "198.18.0.13"))
-    core.create_node(node_obj("good", "100.64.1.0/24", "198.18.0.11"))
+    core.create_node(body(node_obj("bad", None, "198.18.0.13")))
+    core.create_node(body(node_obj("good", "100.64.1.0/24", "198.18.0.11")))
     with caplog.at_level(logging.WARNING, logger="controller.model"):
         informer.start()
         try:

@@ -14,7 +14,7 @@ from kubernetes import client
 
 from lab.apiserver import ApiServer
 from tests.controller.harness import CONTROLLER_BIN, ControllerProcess, free_port, wait_for
-from tests.support import require_root_and_ovs
+from tests.support import body, require_root_and_ovs
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -93,13 +93,14 @@ def test_sigterm_ends_open_tls_watches_at_once_and_leaves_no_file(
             controller.start()  # /readyz: every informer has listed and is watching
             # An event on each watch: its reader then waits mid-stream for the next chunk.
             core = client.CoreV1Api(api.api_client())
-            core.create_namespace({"metadata": {"name": "quiet"}})
-            core.create_node({"metadata": {"name": "node-9"}, "spec": {"podCIDR": "100.64.9.0/24"}})
+            core.create_namespace(body({"metadata": {"name": "quiet"}}))
+            core.create_node(body({"metadata": {"name": "node-9"}, "spec": {"podCIDR": "100.64.9.0/24"}}))
             core.create_namespaced_pod(
-                "quiet", {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+                "quiet",
+                body({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
             )
             client.NetworkingV1Api(api.api_client()).create_namespaced_network_policy(
-                "quiet", {"metadata": {"name": "np"}, "spec": {"podSelector": {}}}
+                "quiet", body({"metadata": {"name": "np"}, "spec": {"podSelector": {}}})
             )
             time.sleep(1)  # let every informer take its event in
             code, took = controller.stop(signal.SIGTERM)

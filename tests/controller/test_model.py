@@ -74,7 +74,7 @@ def test_objects_from_the_kubernetes_client_models_parse_too() -> None:
         spec=k8s.V1PodSpec(node_name="node-1", containers=[k8s.V1Container(name="c")]),
         status=k8s.V1PodStatus(phase="Running"),
     )
-    node_info = parse_node(api.sanitize_for_serialization(node))
+    node_info = parse_node(api.sanitize_for_serialization(node))  # type: ignore[no-untyped-call]
     assert node_info.spec == NodeSpec(
         "node-1",
         ipaddress.IPv4Network("100.64.1.0/24"),
@@ -83,7 +83,7 @@ def test_objects_from_the_kubernetes_client_models_parse_too() -> None:
         10,
     )
     assert node_info.datapath_id == 0xAB
-    pod_info = parse_pod(api.sanitize_for_serialization(pod))
+    pod_info = parse_pod(api.sanitize_for_serialization(pod))  # type: ignore[no-untyped-call]
     assert pod_info is not None
     assert (pod_info.key, pod_info.node, str(pod_info.ip), pod_info.port_name) == (
         "default/web-1",
