@@ -404,7 +404,7 @@ class Agent:
                 # Every port went with the bridge. Reconciling against the empty bridge would
                 # free the address of every pod that still holds it: restore them instead.
                 self._mark_restore()
-            if PHYS_BRIDGE in lost:
+            if PHYS_BRIDGE in lost or self.config.underlay_interface in lost:
                 self._underlay_ready = False
             if lost:
                 log.error("%s gone: setting the node up again", ", ".join(lost))
@@ -413,11 +413,16 @@ class Agent:
         return self.try_setup()
 
     def _lost_setup(self) -> list[str]:
-        """Return what node set-up made that is gone: br-phy (where used), and br-int or else the
-        gateway and Geneve ports missing from it (empty: nothing). Raises OvsdbError."""
+        """Return what node set-up made that is gone: br-phy or else the underlay interface's port
+        on it (where used), and br-int or else the gateway and Geneve ports missing from it
+        (empty: nothing). Raises OvsdbError."""
         lost = []
-        if uses_phys_bridge(self.config) and self.ovsdb.bridge(PHYS_BRIDGE) is None:
-            lost.append(PHYS_BRIDGE)
+        if uses_phys_bridge(self.config):
+            assert self.config.underlay_interface is not None
+            if self.ovsdb.bridge(PHYS_BRIDGE) is None:
+                lost.append(PHYS_BRIDGE)
+            elif self.ovsdb.port(self.config.underlay_interface) is None:
+                lost.append(self.config.underlay_interface)
         if self.ovsdb.bridge(self.config.bridge) is None:
             return [*lost, self.config.bridge]
         ports = (self.config.gateway_port, TUNNEL_PORT)
@@ -933,12 +938,12 @@ class Agent:
                 f"bridge {PHYS_BRIDGE} is gone, and the node's underlay address with it: "
                 "existing pods may be cut off from other nodes",
             )
-        # Without its gateway port no pod reaches the node; without the Geneve port no pod reaches
-        # another node.
+        # Without its gateway port no pod reaches the node; without the Geneve port (or the
+        # underlay interface's port on br-phy) no pod reaches another node.
         if lost:
             raise CniError(
                 ErrorCode.LIMITED_CONNECTIVITY,
-                f"OVS port(s) {', '.join(lost)} gone from {self.config.bridge}: existing pods may be cut off",
+                f"OVS port(s) {', '.join(lost)} gone: existing pods may be cut off",
             )
 
     # --------------------------------------------------------------------------------------- GC

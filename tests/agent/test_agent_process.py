@@ -262,10 +262,14 @@ def test_status_0_then_51_while_the_bridge_or_its_ports_are_gone_then_50_without
     bed.cni("STATUS").ok()
     # While ovs-vswitchd is stopped the agent cannot build anything again, so STATUS stays 51.
     with vswitchd_stopped(bed.node):
-        # the Geneve port deleted under the agent: pods on other nodes are cut off
+        # the underlay interface taken off br-phy, then the Geneve port deleted under the agent:
+        # pods on other nodes are cut off
+        bed.node.vsctl("--no-wait", "del-port", "br-phy", "uplink0")
+        err = _status_error(bed, 51)
+        assert "uplink0 gone" in err["msg"], err
         bed.node.vsctl("--no-wait", "del-port", BRIDGE, "sluice-tun0")
         err = _status_error(bed, 51)
-        assert "sluice-tun0" in err["msg"], err
+        assert "uplink0, sluice-tun0 gone" in err["msg"], err
         # br-phy deleted, and the node's underlay address with its internal port
         bed.node.vsctl("--no-wait", "del-br", "br-phy")
         err = _status_error(bed, 51)
@@ -283,6 +287,7 @@ def test_status_0_then_51_while_the_bridge_or_its_ports_are_gone_then_50_without
     )
     phys = lab_netns.Netns(bed.node.netns).ip("-4", "-o", "addr", "show", "dev", "br-phy").stdout
     assert str(UNDERLAY) in phys, phys
+    assert "uplink0" in bed.node.vsctl("list-ports", "br-phy").split()
     # OVS gone altogether: ADD cannot be served
     bed.node.stop()
     err = _status_error(bed, 50)
