@@ -27,7 +27,9 @@ Sluice/reference; for the concurrent rows p50 is over all rounds' calls and p99 
 of the rounds' p99s, so one round caught by a burst of load elsewhere does not decide it. Then
 the plugin's start-up: exec to exit of `sluice-cni` for VERSION against `python -c pass` with
 the same interpreter (the issue's baseline) and against `python -IS -c pass` (the floor of any
-Python plugin, started as the installed one is), medians of interleaved runs. Targets
+Python plugin, started as the installed one is), medians of interleaved runs; and, as the floor of
+any ADD that goes through the agent, the plugin's STATUS round trip (the agent answers it at once)
+against the reference's ADD. Targets
 (docs/cni.md): ADD p50 <= 2.0x, concurrent ADD p99 <= 3.0x, VERSION <= 1.3x. Not a test: the
 numbers depend on the machine.
 """
@@ -436,22 +438,28 @@ def measure(
     return out
 
 
-def measure_startup(runs: int) -> dict[str, list[float]]:
-    """Exec-to-exit seconds of `sluice-cni` VERSION, `python -c pass` (the issue's baseline: the
-    same interpreter as a plain script runs) and `python -IS -c pass` (the floor of any Python
-    plugin: how the installed plugin starts), interleaved."""
+def measure_startup(runs: int, agent_socket: Path) -> dict[str, list[float]]:
+    """Exec-to-exit seconds, interleaved, of `sluice-cni` VERSION, `python -c pass` (the issue's
+    baseline: the same interpreter as a plain script runs), `python -IS -c pass` (the floor of any
+    Python plugin: how the installed plugin starts), and `sluice-cni` STATUS (the plugin's round
+    trip to the agent at `agent_socket`, which answers it at once: the floor of any ADD that goes
+    through the agent, whatever the agent does)."""
     plugin = str(plugin_path())
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": "VERSION"}
-    commands = {
-        "version": [plugin],
-        "bare": [sys.executable, "-c", "pass"],
-        "isolated": [sys.executable, "-IS", "-c", "pass"],
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    version = {"PATH": path, "CNI_COMMAND": "VERSION"}
+    status = {"PATH": path, "CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin"}
+    config = {"cniVersion": "1.1.0", "name": "sluice", "type": "sluice-cni", "agentSocket": str(agent_socket)}
+    commands: dict[str, tuple[list[str], dict[str, str], bytes]] = {
+        "version": ([plugin], version, b""),
+        "bare": ([sys.executable, "-c", "pass"], version, b""),
+        "isolated": ([sys.executable, "-IS", "-c", "pass"], version, b""),
+        "status": ([plugin], status, json.dumps(config).encode()),
     }
     out: dict[str, list[float]] = {key: [] for key in commands}
     for _ in range(runs):
-        for key, cmd in commands.items():
+        for key, (cmd, env, stdin) in commands.items():
             started = time.monotonic()
-            subprocess.run(cmd, env=env, input=b"", capture_output=True, check=True)
+            subprocess.run(cmd, env=env, input=stdin, capture_output=True, check=True)
             out[key].append(time.monotonic() - started)
     return out
 
@@ -494,11 +502,18 @@ def report(
                 *(percentile(sluice[k], 50) * 1000 for k in ("phase_plumb", "phase_stand_in", "phase_ready"))
             )
         )
-    v50, b50, i50 = (percentile(startup[k], 50) * 1000 for k in ("version", "bare", "isolated"))
+    v50, b50, i50, st50 = (
+        percentile(startup[k], 50) * 1000 for k in ("version", "bare", "isolated", "status")
+    )
     lines.append(
         f"start-up ({len(startup['version'])} runs): sluice-cni VERSION p50 {v50:.1f} ms, "
         f"python -c pass p50 {b50:.1f} ms (ratio {v50 / b50:.2f}), "
         f"python -IS -c pass p50 {i50:.1f} ms (ratio {v50 / i50:.2f})"
+    )
+    ref50 = percentile(ref["add_seq"], 50) * 1000
+    lines.append(
+        f"floor: sluice-cni STATUS (plugin to agent and back, answered at once) p50 {st50:.1f} ms, "
+        f"{st50 / ref50:.2f}x the reference ADD p50"
     )
     add50 = percentile(sluice["add_seq"], 50) / percentile(ref["add_seq"], 50)
     par99 = p99(sluice, "add_par") / p99(ref, "add_par")
@@ -551,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"controller stand-in: {exc!r}", file=sys.stderr)
                 if stand_in.errors:
                     raise RuntimeError(f"controller stand-in failed: {stand_in.errors[0]}")
-        startup = measure_startup(args.startup_runs)
+            startup = measure_startup(args.startup_runs, bed.socket_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(report(results["sluice"], results["ref"], startup))
