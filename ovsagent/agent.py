@@ -725,11 +725,13 @@ class Agent:
         remaining = deadline - time.monotonic()
         wait = min(self.config.flow_wait_seconds, max(0.0, remaining))
         self.crash_hook(Stage.ADD_FLOW_WAIT)
-        if not self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait):
+        # Flows of an earlier incarnation of the pod (same name, hence the same cookie) may still
+        # be there: only flows for this attachment's address are this pod's.
+        if not self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait, address=identity.ip.ip):
             raise CniError(
                 ErrorCode.TRY_AGAIN_LATER,
-                f"the flows of pod {pod.namespace}/{pod.name} are not on {self.config.bridge} "
-                f"after {wait:.1f}s",
+                f"the flows of pod {pod.namespace}/{pod.name} for {identity.ip.ip} are not on "
+                f"{self.config.bridge} after {wait:.1f}s",
                 "the pod is plumbed and published; the controller has not programmed it yet. A retried "
                 "ADD returns as soon as it has.",
             )

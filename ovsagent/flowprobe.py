@@ -1,10 +1,12 @@
 """Asks br-int, over its local management socket, whether a pod's flows are installed.
 
 The agent answers a CNI ADD only once the controller has programmed the pod. The controller
-pushes a pod's flows in one atomic OpenFlow bundle, so one flow carrying the pod's cookie means
-all of them are there. This module speaks just enough OpenFlow 1.3 for that over
-`RUNDIR/BRIDGE.mgmt`, so a pod start costs a few hundred microseconds of socket I/O instead of an
-`ovs-ofctl` process:
+pushes a pod's flows in one atomic OpenFlow bundle, so one flow carrying the pod's cookie and
+matching on the pod's address means all of them are there. (The cookie alone is not enough: it
+comes from the pod's namespace and name, and the flows of an earlier pod or sandbox of that name,
+with another address, may still be on the bridge when the controller has not caught up.)
+This module speaks just enough OpenFlow 1.3 for that over `RUNDIR/BRIDGE.mgmt`, so a pod start
+costs a few hundred microseconds of socket I/O instead of an `ovs-ofctl` process:
 
 * `has_flows` sends a flow-stats request filtered by cookie (one persistent connection).
 * `wait_for_flows` is event-driven: a second persistent connection carries a flow monitor, and a
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import socket
 import struct
@@ -77,7 +80,13 @@ _MONITOR_REQUEST = struct.Struct("!IHHIB3x")  # id, flags, match_len, out_port, 
 _UPDATE_HEADER = struct.Struct("!HH")  # length, event
 _UPDATE_COOKIE = struct.Struct("!Q")
 _UPDATE_COOKIE_OFFSET = 16
-_UPDATE_FULL_SIZE = 24
+_UPDATE_FULL_SIZE = 24  # the update's match (an ofp_match) follows at this offset
+_FLOW_STATS_MATCH_OFFSET = 48  # in one ofp_flow_stats entry of a flow-stats reply
+OFPMT_OXM = 1
+OFPXMC_OPENFLOW_BASIC = 0x8000
+# The OXM fields that carry one IPv4 address: IPV4_SRC, IPV4_DST, ARP_SPA, ARP_TPA.
+_IPV4_ADDRESS_FIELDS = frozenset({11, 12, 22, 23})
+_OXM_HEADER = struct.Struct("!HBB")  # class, field << 1 | hasmask, payload length
 _MONITOR_ID = 1
 _MONITOR_XID = 1
 
@@ -141,13 +150,14 @@ def is_monitor_reply(payload: bytes) -> bool:
     return (mp_type, experimenter, exp_type) == (OFPMP_EXPERIMENTER, ONF_EXPERIMENTER, ONFMP_FLOW_MONITOR)
 
 
-def added_cookies(payload: bytes) -> list[int]:
-    """Return the cookies of the flows added or modified in one monitor reply payload.
+def flow_updates(payload: bytes) -> list[tuple[int, int]]:
+    """Return (cookie, offset of its match in `payload`) of each flow added or modified in one
+    monitor reply payload.
 
     Deletions and abbreviated updates are skipped. Raises FlowProbeError for an update whose
     length does not fit the message (the caller then re-syncs by reconnecting).
     """
-    cookies: list[int] = []
+    updates: list[tuple[int, int]] = []
     offset = _EXPERIMENTER_MP.size
     end = len(payload)
     while offset < end:
@@ -159,9 +169,35 @@ def added_cookies(payload: bytes) -> list[int]:
         if event in (NXFME_ADDED, NXFME_MODIFIED):
             if length < _UPDATE_FULL_SIZE:
                 raise FlowProbeError(f"short flow update ({length} bytes) for event {event}")
-            cookies.append(_UPDATE_COOKIE.unpack_from(payload, offset + _UPDATE_COOKIE_OFFSET)[0])
+            cookie = _UPDATE_COOKIE.unpack_from(payload, offset + _UPDATE_COOKIE_OFFSET)[0]
+            updates.append((cookie, offset + _UPDATE_FULL_SIZE))
         offset += length
-    return cookies
+    return updates
+
+
+def match_names_ipv4(data: bytes, offset: int, address: bytes) -> bool:
+    """Whether the OXM `ofp_match` at `offset` of `data` matches exactly the IPv4 `address` (4
+    bytes) in an IPv4 or ARP address field (a masked field does not count). A match that is not
+    OXM, or cut short, names nothing."""
+    if offset + 4 > len(data):
+        return False
+    match_type, match_length = struct.unpack_from("!HH", data, offset)
+    if match_type != OFPMT_OXM:
+        return False
+    end = min(offset + match_length, len(data))
+    position = offset + 4
+    while position + _OXM_HEADER.size <= end:
+        oxm_class, field_mask, length = _OXM_HEADER.unpack_from(data, position)
+        value = position + _OXM_HEADER.size
+        if (
+            oxm_class == OFPXMC_OPENFLOW_BASIC
+            and field_mask >> 1 in _IPV4_ADDRESS_FIELDS
+            and length == 4
+            and data[value : value + 4] == address
+        ):
+            return True
+        position = value + length
+    return False
 
 
 class _MessageStream:
@@ -203,11 +239,12 @@ class _MessageStream:
 class _Waiter:
     """One wait_for_flows call in progress; `hit` is set by the monitor thread (under the lock)."""
 
-    __slots__ = ("hit", "key", "mask")
+    __slots__ = ("address", "hit", "key", "mask")
 
-    def __init__(self, cookie: int, mask: int) -> None:
+    def __init__(self, cookie: int, mask: int, address: bytes | None) -> None:
         self.key = cookie & mask
         self.mask = mask
+        self.address = address
         self.hit = False
 
 
@@ -273,15 +310,19 @@ class FlowProbe:
                 waiters=self._waiter_count,
             )
 
-    def has_flows(self, cookie: int, mask: int = POD_COOKIE_MASK) -> bool:
-        """Return True when at least one flow on the bridge has `cookie` under `mask`.
+    def has_flows(
+        self, cookie: int, mask: int = POD_COOKIE_MASK, *, address: ipaddress.IPv4Address | None = None
+    ) -> bool:
+        """Return True when at least one flow on the bridge has `cookie` under `mask` (and, when
+        `address` is given, matches on it: see `wait_for_flows`).
 
         Raises FlowProbeError when the bridge cannot be asked (after one reconnect).
         """
+        packed = None if address is None else address.packed
         with self._lock:
             for attempt in (1, 2):
                 try:
-                    return self._query(cookie, mask)
+                    return self._query(cookie, mask, packed)
                 except (OSError, FlowProbeError) as exc:
                     self._drop()
                     if attempt == 2:
@@ -289,9 +330,20 @@ class FlowProbe:
         raise AssertionError("unreachable")
 
     def wait_for_flows(
-        self, cookie: int, timeout: float, *, mask: int = POD_COOKIE_MASK, interval: float = 0.01
+        self,
+        cookie: int,
+        timeout: float,
+        *,
+        mask: int = POD_COOKIE_MASK,
+        interval: float = 0.01,
+        address: ipaddress.IPv4Address | None = None,
     ) -> bool:
         """Return True as soon as flows with `cookie` appear, False after `timeout` seconds.
+
+        With `address`, only a flow with `cookie` that matches on that IPv4 address (as source,
+        destination, or ARP sender or target) counts: flows of an earlier incarnation of the pod
+        (same namespace and name, hence the same cookie, another address) that the controller
+        has not replaced yet are not this pod's.
 
         Registers with the flow monitor first, then queries once (the flows may be there
         already, e.g. for a retried ADD), then sleeps until a monitor update carries the cookie.
@@ -299,7 +351,7 @@ class FlowProbe:
         MAX_POLL_INTERVAL. A bridge that cannot be reached counts as "not yet".
         """
         deadline = time.monotonic() + timeout
-        waiter = _Waiter(cookie, mask)
+        waiter = _Waiter(cookie, mask, None if address is None else address.packed)
         self._register(waiter)
         try:
             delay = interval
@@ -311,7 +363,7 @@ class FlowProbe:
                     # Read before querying: only a monitor that was up before the query was sent
                     # is sure to report every flow the query could not see yet.
                     session = self._trusted_session()
-                if self._poll(cookie, mask):
+                if self._poll(cookie, mask, address):
                     return True
                 now = time.monotonic()
                 if now >= deadline:
@@ -359,9 +411,9 @@ class FlowProbe:
                 del self._waiters[waiter.mask]
             self._waiter_count -= 1
 
-    def _poll(self, cookie: int, mask: int) -> bool:
+    def _poll(self, cookie: int, mask: int, address: ipaddress.IPv4Address | None) -> bool:
         try:
-            found = self.has_flows(cookie, mask)
+            found = self.has_flows(cookie, mask, address=address)
         except FlowProbeError as exc:
             log.debug("flow probe: %s", exc)
             found = False
@@ -369,16 +421,20 @@ class FlowProbe:
             self._wait_queries += 1
         return found
 
-    def _deliver(self, cookies: list[int]) -> None:
-        """Mark the waiters whose cookie is among `cookies` and wake them."""
+    def _deliver(self, payload: bytes, updates: list[tuple[int, int]]) -> None:
+        """Mark the waiters that one of `updates` (cookie, offset of its match in `payload`)
+        satisfies, and wake them."""
         with self._cond:
-            self._updates += len(cookies)
+            self._updates += len(updates)
             woke = False
             for mask, by_key in self._waiters.items():
-                for key in by_key.keys() & {c & mask for c in cookies}:
-                    for waiter in by_key[key]:
-                        waiter.hit = True
-                        woke = True
+                for cookie, match in updates:
+                    for waiter in by_key.get(cookie & mask, ()):
+                        if waiter.hit:
+                            continue
+                        if waiter.address is None or match_names_ipv4(payload, match, waiter.address):
+                            waiter.hit = True
+                            woke = True
             if woke:
                 self._cond.notify_all()
 
@@ -472,7 +528,7 @@ class FlowProbe:
             if msg_type == OFPT_MULTIPART_REPLY and is_monitor_reply(payload):
                 # Each message holds whole updates (OVS splits a burst between updates), so a
                 # reply split over several messages (OFPMPF_REPLY_MORE) is parsed message by message.
-                self._deliver(added_cookies(payload))
+                self._deliver(payload, flow_updates(payload))
             elif msg_type == OFPT_ECHO_REQUEST:
                 stream.answer_echo(xid, payload)
             elif msg_type == OFPT_EXPERIMENTER and len(payload) >= 8:
@@ -534,7 +590,7 @@ class FlowProbe:
         self._conn = stream
         return stream
 
-    def _query(self, cookie: int, mask: int) -> bool:
+    def _query(self, cookie: int, mask: int, address: bytes | None) -> bool:
         stream = self._connect()
         xid = self._next_xid()
         body = struct.pack("!HH4xB3xII4xQQ", OFPMP_FLOW, 0, OFPTT_ALL, OFPP_ANY, OFPG_ANY, cookie, mask)
@@ -557,6 +613,21 @@ class FlowProbe:
             mp_type, flags = struct.unpack_from("!HH", payload)
             if mp_type != OFPMP_FLOW:
                 raise FlowProbeError(f"unexpected multipart type {mp_type}")
-            found = found or len(payload) > 8
+            found = found or _stats_hold(payload, address)
             if not flags & OFPMPF_REPLY_MORE:
                 return found
+
+
+def _stats_hold(payload: bytes, address: bytes | None) -> bool:
+    """Whether a flow-stats reply payload holds a flow (one that matches on `address`, if given)."""
+    if address is None:
+        return len(payload) > 8
+    offset = 8  # after the multipart header: type, flags, 4 bytes of padding
+    while offset + 2 <= len(payload):
+        (length,) = struct.unpack_from("!H", payload, offset)
+        if length < _FLOW_STATS_MATCH_OFFSET:
+            raise FlowProbeError(f"bad flow-stats entry length {length}")
+        if match_names_ipv4(payload[: offset + length], offset + _FLOW_STATS_MATCH_OFFSET, address):
+            return True
+        offset += length
+    return False

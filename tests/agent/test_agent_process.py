@@ -211,6 +211,42 @@ def test_stale_del_leaves_the_live_pod_alone(veth_bed: AgentBed) -> None:
     bed.cni("CHECK", "web-1", container_id="live-sandbox", prevResult=result).ok()
 
 
+def test_a_new_sandbox_of_the_pod_replaces_the_old_one_and_waits_for_its_own_flows(
+    veth_bed: AgentBed,
+) -> None:
+    # The pod's sandbox died and the runtime made another one; its DEL of the old one comes
+    # later, if ever. The new sandbox gets the next address: the old one's flows (same pod, same
+    # cookie) do not make it ready, and the controller has not caught up here (the test is it).
+    bed = veth_bed
+    old_netns = bed.create_pod("web-1")
+    run, _ = bed.add_ready("web-1", container_id="sandbox-1")
+    old = run.ok()
+    old_ip = old["ips"][0]["address"]
+    new_netns = str(bed.netns_factory().path)
+    err = bed.cni("ADD", "web-1", container_id="sandbox-2", netns=new_netns).error()
+    status = json.loads(bed.annotations("web-1")[NETWORK_STATUS])[0]
+    new_ip = status["ips"][0]
+    assert new_ip != old_ip.split("/")[0]
+    assert err["code"] == 11 and f"for {new_ip} are not on br-int" in err["msg"], err
+    # the old attachment is gone: its address, its interface; the port is the new sandbox's
+    assert _ip_records(bed) == [new_ip]
+    assert not lab_netns.link_exists(os.path.basename(old_netns), "eth0")
+    port = port_name("default", "web-1")
+    assert bed.node.vsctl("get", "Interface", port, "external_ids:sluice.io/container-id").strip('"\n') == (
+        "sandbox-2"
+    )
+    # once the controller has programmed the new address, the retried ADD answers
+    bed.reinstall_flows(["web-1"])
+    new = bed.cni("ADD", "web-1", container_id="sandbox-2", netns=new_netns).ok()
+    assert new["ips"][0]["address"] == f"{new_ip}/24"
+    bed.cni("CHECK", "web-1", container_id="sandbox-2", netns=new_netns, prevResult=new).ok()
+    assert ping(os.path.basename(new_netns), GATEWAY, count=1).received >= 1
+    # the old sandbox's late DEL leaves the new one alone
+    bed.cni("DEL", "web-1", container_id="sandbox-1", netns=old_netns).ok()
+    assert bed.ofport(port) is not None and _ip_records(bed) == [new_ip]
+    bed.cni("CHECK", "web-1", container_id="sandbox-2", netns=new_netns, prevResult=new).ok()
+
+
 def test_check_names_what_is_missing(veth_bed: AgentBed) -> None:
     bed = veth_bed
     netns_path = bed.create_pod("web-1")

@@ -7,13 +7,14 @@ woke it counts a `monitor_wakeup` and makes no query after its initial one.
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import Callable
 
 import pytest
 
 from lab.ovs import OvsNode
-from ovsagent.flowprobe import FlowProbe, FlowProbeStats, added_cookies, pod_cookie
+from ovsagent.flowprobe import FlowProbe, FlowProbeStats, flow_updates, match_names_ipv4, pod_cookie
 from tests.conftest import OvsNodeFactory
 from tests.support import wait_until
 
@@ -208,9 +209,19 @@ def test_update_parser_reads_cookies_of_added_and_modified_flows_only() -> None:
         "002000000000000900000000000407000000000000000055"
         "0001000400000000"
     )
-    assert added_cookies(payload) == [0x1234, 0x55]
+    assert [cookie for cookie, _ in flow_updates(payload)] == [0x1234, 0x55]
     deleted = bytearray(payload)
     deleted[16 + 2 : 16 + 4] = (1).to_bytes(2, "big")  # the first one as NXFME_DELETED
-    assert added_cookies(bytes(deleted)) == [0x55]
+    assert [cookie for cookie, _ in flow_updates(bytes(deleted))] == [0x55]
     with pytest.raises(OSError, match="bad flow update length"):
-        added_cookies(payload[:-8])
+        flow_updates(payload[:-8])
+    # the first flow's match names 100.64.0.1 (ipv4_dst); the second matches everything
+    (_, first), (_, second) = flow_updates(payload)
+    assert match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.1").packed)
+    assert not match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.2").packed)
+    assert not match_names_ipv4(payload, second, ipaddress.IPv4Address("100.64.0.1").packed)
+    # a masked address field (ipv4_dst=100.64.0.0/24, hasmask set) does not name one address
+    masked = bytes.fromhex("00010016" + "80000a020800" + "8000190864400000ffffff00" + "0000")
+    assert not match_names_ipv4(masked, 0, ipaddress.IPv4Address("100.64.0.0").packed)
+    # cut short: nothing, and no error
+    assert not match_names_ipv4(payload[: first + 10], first, ipaddress.IPv4Address("100.64.0.1").packed)

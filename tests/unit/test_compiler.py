@@ -28,6 +28,26 @@ def test_compiled_flows_equal_golden_set(node: str) -> None:
     assert want - got == set(), "golden flows no longer compiled"
 
 
+def test_every_local_pod_has_a_flow_with_its_cookie_matching_its_address() -> None:
+    # The agent's readiness wait relies on this (ovsagent/flowprobe.py): a flow with the pod's
+    # cookie that matches the pod's exact IPv4 address as nw_src, nw_dst, arp_spa or arp_tpa.
+    cluster = example_cluster()
+    for node in cluster.nodes:
+        flows = compile_node(cluster, node.name)
+        for pod in cluster.pods_on(node.name):
+            cookie = cookies.pod_cookie(pod.namespace, pod.name)
+            named = [
+                f
+                for f in flows
+                if f.cookie == cookie
+                and any(
+                    name in ("nw_src", "nw_dst", "arp_spa", "arp_tpa") and value == str(pod.ip)
+                    for name, value in f.match.fields
+                )
+            ]
+            assert named, f"no flow of {pod.name} matches on {pod.ip}"
+
+
 def test_compile_is_deterministic_and_order_independent() -> None:
     c = example_cluster()
     shuffled = Cluster(tuple(reversed(c.nodes)), tuple(reversed(c.pods)))
