@@ -247,6 +247,35 @@ def test_a_new_sandbox_of_the_pod_replaces_the_old_one_and_waits_for_its_own_flo
     bed.cni("CHECK", "web-1", container_id="sandbox-2", netns=new_netns, prevResult=new).ok()
 
 
+def test_a_port_of_another_pod_under_the_same_name_is_refused_and_kept(veth_bed: AgentBed) -> None:
+    # Port names are a hash of the pod's namespace and name: two pods may collide.
+    bed = veth_bed
+    bed.create_pod("web-1")
+    port = port_name("default", "web-1")
+    bed.node.vsctl(
+        "add-port", BRIDGE, port, "--", "set", "Interface", port, "type=internal",
+        "external_ids:sluice.io/namespace=default", "external_ids:sluice.io/name=other",
+    )  # fmt: skip
+    err = bed.cni("ADD", "web-1").error()
+    assert err["code"] == 104 and "belongs to pod default/other" in err["msg"], err
+    assert "hash collision" in err["msg"], err
+    assert bed.ofport(port) is not None and _ip_records(bed) == []
+    assert not lab_netns.link_exists(os.path.basename(bed.pods["web-1"]), "eth0")
+
+
+def test_add_for_a_pod_the_api_server_does_not_know_is_11_and_del_releases_it(veth_bed: AgentBed) -> None:
+    # The Pod was deleted between the runtime's decision and the ADD: the network status cannot
+    # be published, the runtime's DEL (which follows a failed ADD) releases what was made.
+    bed = veth_bed
+    sandbox = str(bed.netns_factory().path)
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=ghost;K8S_POD_UID=0123"
+    err = bed.cni("ADD", "ghost", netns=sandbox, args=args).error()
+    assert err["code"] == 11 and "Pod default/ghost does not exist in the API server" in err["msg"], err
+    bed.cni("DEL", "ghost", netns=sandbox, args=args).ok()
+    assert bed.ofport(port_name("default", "ghost")) is None and _ip_records(bed) == []
+    assert not lab_netns.link_exists(os.path.basename(sandbox), "eth0")
+
+
 def test_check_names_what_is_missing(veth_bed: AgentBed) -> None:
     bed = veth_bed
     netns_path = bed.create_pod("web-1")
@@ -927,15 +956,22 @@ def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
         with Ipam(bed.ipam_dir, "100.64.1.0/24") as ipam:
             orphan = ipam.allocate(Owner("crashed-sandbox", "eth0", "default", "gone"))
         lab_netns.Netns(bed.node.netns).ip("link", "add", "orphan-0123abcd", "type", "veth")
+        # ... and a port with a Sluice identity that cannot be read (no address, no sandbox)
+        bed.node.vsctl(
+            "add-port", BRIDGE, "garbled0", "--", "set", "Interface", "garbled0", "type=internal",
+            "external_ids:sluice.io/namespace=default", "external_ids:sluice.io/name=web-9",
+        )  # fmt: skip
         stale_port = port_name("default", "web-2")
         deadline = time.monotonic() + 15
         while (
             bed.ofport(stale_port) is not None
+            or bed.ofport("garbled0") is not None
             or str(orphan.ip) in _ip_records(bed)
             or lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
         ):
             assert time.monotonic() < deadline, bed.agent_log()
             time.sleep(0.1)
+        assert "port garbled0: unreadable identity" in bed.agent_log()
         assert not lab_netns.link_exists(bed.node.netns, stale_port)
         assert _ip_records(bed) == [web1_ip]
         after = (bed.ofport(live_port), _ifindex(bed.node.netns, live_port), _ifindex(live_ns, "eth0"))
@@ -946,6 +982,17 @@ def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
         run, _ = bed.add_ready("web-3")
         run.ok()
         assert len(_ip_records(bed)) == 2
+        # the API server goes away: the Pods cannot be listed, so nothing may count as gone
+        records, ports = _ip_records(bed), bed.node.vsctl("list-ports", BRIDGE)
+        bed.in_node.run(bed.apiserver.stop)
+        wait_until(
+            lambda: bed.agent_log().count("reconcile skipped: cannot list this node's Pods") >= 2,
+            15,
+            "two resyncs skipped for want of the Pod list",
+            detail=bed.agent_log,
+        )
+        assert (_ip_records(bed), bed.node.vsctl("list-ports", BRIDGE)) == (records, ports)
+        assert ping(live_ns, GATEWAY, count=1).received >= 1
 
 
 def test_exhausted_range_is_a_clear_error_and_never_a_duplicate(
