@@ -247,11 +247,14 @@ def ensure_phys_bridge(config: AgentConfig, ovsdb: Connection, host_netns: str |
     announced by gratuitous ARP. When neither br-phy nor the underlay interface has an address,
     br-phy was deleted with them: they are put back from the record (`UnderlayMemory`), which
     every set-up refreshes. Run before anything that needs the underlay (the API server may only
-    be reachable through it). Idempotent. Raises OvsdbError, NetlinkError.
+    be reachable through it). Idempotent. Raises NodeSetupError (no such underlay interface),
+    OvsdbError, NetlinkError.
     """
     if not uses_phys_bridge(config):
         return
     assert config.underlay_interface is not None
+    if not netns.link_exists(config.underlay_interface, netns=host_netns):
+        raise NodeSetupError(f"underlay interface {config.underlay_interface} does not exist")
     ovsdb.ensure_bridge(
         PHYS_BRIDGE,
         datapath_type=DatapathType.NETDEV.value,

@@ -112,6 +112,32 @@ def test_node_setup_bridge_gateway_tunnel_and_annotations(veth_bed: AgentBed) ->
     assert "Eventlet is deprecated" not in bed.agent_log()
 
 
+def test_configured_mtu_and_tunnel_ip_win_over_the_underlays(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with agent_bed(ovs_node_factory, netns) as bed:
+        bed.start_agent(mtu=1300, tunnel_ip="198.18.0.99")
+        assert bed.node_annotations()[agent_kube.NODE_TUNNEL_IP] == "198.18.0.99"
+        assert lab_netns.link_info(bed.node.netns, "sluice-gw0").mtu == 1300
+        sandbox = os.path.basename(bed.create_pod("web-1"))
+        run, _ = bed.add_ready("web-1")
+        assert run.ok()["interfaces"][1]["mtu"] == 1300
+        assert lab_netns.link_info(sandbox, "eth0").mtu == 1300
+
+
+def test_a_missing_underlay_interface_is_status_50_naming_it(
+    ovs_node_factory: OvsNodeFactory, netns: NetnsFactory
+) -> None:
+    with agent_bed(ovs_node_factory, netns) as bed:
+        bed.start_agent(wait_ready=False, underlay_interface="nope0")
+        err = _status_error(bed, 50)
+        assert "underlay interface nope0 does not exist" in err["msg"], err
+        bed.create_pod("web-1")
+        err = bed.cni("ADD", "web-1").error()
+        assert err["code"] == 11 and "underlay interface nope0 does not exist" in err["msg"], err
+        assert "br-phy" not in bed.node.vsctl("list-br").split()  # nothing half made meanwhile
+
+
 def test_add_waits_for_flows_then_pod_pings_gateway_and_retry_is_identical(bed: AgentBed) -> None:
     netns_path = bed.create_pod("web-1")
     run, after_flows = bed.add_ready("web-1")
