@@ -225,6 +225,24 @@ def test_del_releases_everything_and_is_idempotent(bed: AgentBed) -> None:
     bed.cni("DEL", "web-1", container_id="never-added").ok()
 
 
+def test_del_without_pod_args_finds_the_attachment_by_container_id(veth_bed: AgentBed) -> None:
+    # A runtime that is not the kubelet (cnitool, say) sends no K8S_POD_* on DEL: the CNI spec
+    # identifies an attachment by container id and ifname, which the port's identity records.
+    bed = veth_bed
+    bed.create_pod("web-1")
+    bed.create_pod("web-2")
+    for name in ("web-1", "web-2"):
+        run, _ = bed.add_ready(name)
+        run.ok()
+    web2_ip = json.loads(bed.annotations("web-2")[NETWORK_STATUS])[0]["ips"][0]
+    bed.cni("DEL", "web-1", args="").ok()
+    assert bed.ofport(port_name("default", "web-1")) is None
+    assert NETWORK_STATUS not in bed.annotations("web-1")
+    assert _ip_records(bed) == [web2_ip]
+    assert bed.ofport(port_name("default", "web-2")) is not None  # the other pod untouched
+    bed.cni("DEL", "web-1", args="").ok()  # and again: nothing left, still fine
+
+
 def test_stale_del_leaves_the_live_pod_alone(veth_bed: AgentBed) -> None:
     bed = veth_bed
     bed.create_pod("web-1")
