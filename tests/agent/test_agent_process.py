@@ -334,6 +334,19 @@ def test_check_names_what_is_missing(veth_bed: AgentBed) -> None:
     wrong["ips"][0]["address"] = "100.64.1.200/24"
     err = bed.cni("CHECK", "web-1", prevResult=wrong).error()
     assert "100.64.1.200/24" in err["msg"], err
+    # another sandbox of the pod, which holds no address here: both named
+    err = bed.cni("CHECK", "web-1", container_id="other-sandbox", prevResult=result).error()
+    assert err["code"] == 100 and "no IPAM record for other-sandbox/eth0" in err["msg"], err
+    assert "belongs to container c-web-1" in err["msg"], err
+    # the port deleted under the pod
+    port = port_name("default", "web-1")
+    bed.node.vsctl("del-port", BRIDGE, port)
+    err = bed.cni("CHECK", "web-1", prevResult=result).error()
+    assert err["code"] == 100 and f"OVS port {port} is missing" in err["msg"], err
+    # nothing of the container on this node at all: 3 (unknown container)
+    bed.create_pod("web-2")
+    err = bed.cni("CHECK", "web-2", prevResult=result).error()
+    assert err["code"] == 3 and "no attachment c-web-2/eth0 on this node" in err["msg"], err
 
 
 def test_add_without_pod_args_is_a_clear_error(veth_bed: AgentBed) -> None:
@@ -524,7 +537,8 @@ def test_restart_reconciles_stale_pods_and_keeps_live_ones(veth_bed: AgentBed) -
     bed = veth_bed
     netns_path = bed.create_pod("web-1")
     bed.create_pod("web-2")
-    for name in ("web-1", "web-2"):
+    web3_netns = bed.create_pod("web-3")
+    for name in ("web-1", "web-2", "web-3"):
         run, _ = bed.add_ready(name)
         run.ok()
     live_port = port_name("default", "web-1")
@@ -535,8 +549,10 @@ def test_restart_reconciles_stale_pods_and_keeps_live_ones(veth_bed: AgentBed) -
     )
     records = _ip_records(bed)
     assert bed.agent is not None and bed.agent.stop() == 0
-    # while the agent is down: web-2 is deleted, and an ADD crashed after allocating an address
+    # while the agent is down: web-2 is deleted, web-3's sandbox is removed without a DEL (its
+    # Pod stays), and an ADD crashed after allocating an address
     bed.in_node.run(bed.core.delete_namespaced_pod, "web-2", "default")
+    subprocess.run(["ip", "netns", "delete", os.path.basename(web3_netns)], check=True)
     with Ipam(bed.ipam_dir, "100.64.1.0/24") as ipam:
         orphan = ipam.allocate(Owner("crashed-sandbox", "eth0", "default", "gone"))
     bed.start_agent()
@@ -550,10 +566,11 @@ def test_restart_reconciles_stale_pods_and_keeps_live_ones(veth_bed: AgentBed) -
     web1_ip = json.loads(bed.annotations("web-1")[NETWORK_STATUS])[0]["ips"][0]
     assert _ip_records(bed) == [web1_ip]
     assert web1_ip in records and str(orphan.ip) not in _ip_records(bed)
-    # the deleted pod's port and host end are gone
-    stale_port = port_name("default", "web-2")
-    assert bed.ofport(stale_port) is None
-    assert not lab_netns.link_exists(bed.node.netns, stale_port)
+    # the deleted pod's and the removed sandbox's ports and host ends are gone
+    for stale_port in (port_name("default", "web-2"), port_name("default", "web-3")):
+        assert bed.ofport(stale_port) is None
+        assert not lab_netns.link_exists(bed.node.netns, stale_port)
+    assert "sandbox c-web-3" in bed.agent_log() and "is gone: stale" in bed.agent_log()
     assert ping(os.path.basename(netns_path), UNDERLAY.ip, count=1).received >= 1
 
 
