@@ -65,8 +65,8 @@ _NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEADLINE_MARGIN = 0.5
 # In the state dir while the pods of a lost br-int are still to be restored (see Agent._restore).
 RESTORE_MARK = "restore-pending"
-# How often (seconds) the resync thread looks for a lost br-int, gateway or Geneve port: a
-# lookup in the local OVSDB replica.
+# How often (seconds) the resync thread looks for a lost br-int, br-phy, gateway or Geneve port:
+# a lookup in the local OVSDB replica.
 LOSS_CHECK_SECONDS = 1.0
 # ovs-vswitchd's pidfile (in `ovs_rundir`, where it is unless started otherwise): a new PID there
 # means a restart, after which the resync runs these many seconds later (a userspace vswitchd
@@ -219,7 +219,7 @@ class Agent:
         # or OVSDB lost its database): the next reconciliation that runs restores their ports.
         # Also kept on disk (`RESTORE_MARK`), so that a restart in the middle still restores.
         self._restore_pending = False
-        # Set when the resync found node set-up undone (bridge, gateway or Geneve port gone).
+        # Set when the resync found node set-up undone (a bridge, or one of their ports, gone).
         self._setup_pending = False
         # Whether br-phy (when used) is set up: done once, and again after the resync saw it gone.
         self._underlay_ready = False
@@ -324,8 +324,8 @@ class Agent:
     # --------------------------------------------------------------------------- reconciliation
 
     def _resync_loop(self) -> None:
-        """Resync every `resync_seconds` (0: never), and as soon as br-int, the gateway port or
-        the Geneve port is seen gone from OVSDB (looked at every `LOSS_CHECK_SECONDS`); while
+        """Resync every `resync_seconds` (0: never), and as soon as something node set-up made
+        (`_lost_setup`) is seen gone from OVSDB (looked at every `LOSS_CHECK_SECONDS`); while
         such a resync fails, again every `setup_retry_seconds`. After ovs-vswitchd restarted,
         resync `VSWITCHD_RESTART_RESYNCS` seconds later (it drops userspace internal ports that
         were moved into pods: the resync attaches those pods again)."""
@@ -377,8 +377,9 @@ class Agent:
         """Run the restart reconciliation again while serving (alone: no CNI operation is in
         flight); return False when it was skipped or failed (node not set up, no OVSDB).
 
-        When br-int, the gateway port or the Geneve port is gone, node set-up runs again first
-        (`try_setup`); with br-int gone, the pods it carried are restored (`_restore`).
+        When something node set-up made is gone (`_lost_setup`), node set-up runs again first
+        (`try_setup`); with br-int gone, the pods it carried are restored (`_restore`), with
+        br-phy gone, the underlay address is put back.
         """
         with self._state_lock:
             node, ipam = self._node, self._ipam

@@ -24,6 +24,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """A unique name, beside `path`, for a write in progress that will become `path`."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+
+
 def write_synced(path: Path, payload: bytes) -> None:
     """Create `path` (which must not exist) with `payload`, fsync'ed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -42,7 +47,7 @@ def write_synced(path: Path, payload: bytes) -> None:
 
 def write_atomic(path: Path, payload: bytes) -> None:
     """Replace `path` with `payload`: temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp = temp_path(path)
     write_synced(tmp, payload)
     try:
         os.replace(tmp, path)

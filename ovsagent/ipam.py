@@ -52,13 +52,12 @@ import ipaddress
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ovsagent.durable import TMP_PREFIX, fsync_dir, makedirs_durable, write_atomic, write_synced
+from ovsagent.durable import TMP_PREFIX, fsync_dir, makedirs_durable, temp_path, write_atomic, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +568,7 @@ class Ipam:
     def _create(self, ip: IPAddress, owner: Owner) -> Allocation | None:
         """Durably create the record for `ip`; return None (and cache the holder) if it exists."""
         final = self._alloc_dir / str(ip)
-        tmp = self._alloc_dir / f"{TMP_PREFIX}{ip}.{os.getpid()}.{secrets.token_hex(4)}"
+        tmp = temp_path(final)
         try:
             self._bump()
             write_synced(tmp, _record(ip, owner))
