@@ -275,8 +275,11 @@ class WatchingStandIn:
             return self.installed_at[pod]
 
 
-def _sluice_args(pod: str) -> str:
-    return f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=c-{pod}"
+def _sluice_args(pod: str, container_id: str) -> str:
+    return (
+        f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};"
+        f"K8S_POD_INFRA_CONTAINER_ID={container_id}"
+    )
 
 
 class Side:
@@ -318,19 +321,22 @@ class SluiceSide(Side):
         }
         self.pool = ThreadPoolExecutor(max_workers=concurrent)
         self.phases: dict[str, list[float]] = {"phase_plumb": [], "phase_stand_in": [], "phase_ready": []}
+        # Bumped for a new sandbox of every pod, as a runtime makes one after a DEL: new container ids.
+        self.generation = 0
 
     def create(self, pod: str) -> None:
         """The Pod in the API server and its sandbox."""
         self.pods[pod] = self.bed.create_pod(pod)
 
     def call(self, command: str, pod: str) -> float:
+        container_id = f"c-{pod}-{self.generation}" if self.generation else f"c-{pod}"
         env = {
             "CNI_COMMAND": command,
-            "CNI_CONTAINERID": f"c-{pod}",
+            "CNI_CONTAINERID": container_id,
             "CNI_NETNS": self.pods[pod],
             "CNI_IFNAME": "eth0",
             "CNI_PATH": "/opt/cni/bin",
-            "CNI_ARGS": _sluice_args(pod),
+            "CNI_ARGS": _sluice_args(pod, container_id),
         }
         return timed_exec(self.plugin, env, self.config)[0]
 
