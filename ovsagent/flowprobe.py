@@ -175,16 +175,18 @@ def flow_updates(payload: bytes) -> list[tuple[int, int]]:
     return updates
 
 
-def match_names_ipv4(data: bytes, offset: int, address: bytes) -> bool:
+def match_names_ipv4(data: bytes, offset: int, address: bytes, limit: int | None = None) -> bool:
     """Whether the OXM `ofp_match` at `offset` of `data` matches exactly the IPv4 `address` (4
-    bytes) in an IPv4 or ARP address field (a masked field does not count). A match that is not
-    OXM, or cut short, names nothing."""
-    if offset + 4 > len(data):
+    bytes) in an IPv4 or ARP address field (a masked field does not count). The match ends at
+    `limit` at the latest (its entry's end; default the end of `data`). A match that is not OXM,
+    or cut short, names nothing."""
+    limit = len(data) if limit is None else min(limit, len(data))
+    if offset + 4 > limit:
         return False
     match_type, match_length = struct.unpack_from("!HH", data, offset)
     if match_type != OFPMT_OXM:
         return False
-    end = min(offset + match_length, len(data))
+    end = min(offset + match_length, limit)
     position = offset + 4
     while position + _OXM_HEADER.size <= end:
         oxm_class, field_mask, length = _OXM_HEADER.unpack_from(data, position)
@@ -627,7 +629,7 @@ def _stats_hold(payload: bytes, address: bytes | None) -> bool:
         (length,) = struct.unpack_from("!H", payload, offset)
         if length < _FLOW_STATS_MATCH_OFFSET:
             raise FlowProbeError(f"bad flow-stats entry length {length}")
-        if match_names_ipv4(payload[: offset + length], offset + _FLOW_STATS_MATCH_OFFSET, address):
+        if match_names_ipv4(payload, offset + _FLOW_STATS_MATCH_OFFSET, address, limit=offset + length):
             return True
         offset += length
     return False

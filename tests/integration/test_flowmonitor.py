@@ -225,3 +225,5 @@ def test_update_parser_reads_cookies_of_added_and_modified_flows_only() -> None:
     assert not match_names_ipv4(masked, 0, ipaddress.IPv4Address("100.64.0.0").packed)
     # cut short: nothing, and no error
     assert not match_names_ipv4(payload[: first + 10], first, ipaddress.IPv4Address("100.64.0.1").packed)
+    # ... and the same when the entry ends there (the flow-stats reader's limit), data beyond it
+    assert not match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.1").packed, limit=first + 10)
