@@ -32,10 +32,10 @@ def limit_malloc_arenas(environ: Mapping[str, str]) -> bool:
     """Cap glibc's malloc arenas at `MALLOC_ARENAS`, unless `MALLOC_ARENA_MAX` already set them.
 
     The agent serves each CNI call on a thread of its own. With glibc's default (8 arenas per
-    core), the native memory those threads use (TLS buffers, sockets) spreads over many arenas and
-    fragments them: the agent's RSS grew by ~11 kB per ten ADD/DEL pairs without ever levelling off
-    (`bench/agent_memory.py`). Must run before the first thread starts. Returns whether the cap is
-    set; False also on a C library without glibc's `mallopt`.
+    core), what those threads allocate in C spreads over many arenas and fragments them: a 10-pod
+    churn grew the agent's RSS by ~10 MB before it levelled off, against ~1 MB with the cap
+    (`bench/agent_memory.py`, docs/agent.md "Memory"). Must run before the first thread starts.
+    Returns whether the cap is set; False also on a C library without glibc's `mallopt`.
     """
     if "MALLOC_ARENA_MAX" in environ:
         return False

@@ -72,9 +72,7 @@ def test_an_operators_malloc_arena_max_is_left_alone(tmp_path: Path) -> None:
     assert _arenas(tmp_path, "cap", {"MALLOC_ARENA_MAX": "4"}) == (False, 4)
 
 
-def test_the_agent_caps_the_arenas_before_anything_else(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_the_agent_process_caps_the_arenas_at_start(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[bool] = []
 
     def record(environ: object) -> bool:
