@@ -65,12 +65,13 @@ def soak(env: dict[str, str], cycles: int, pods: int, warm_up: int) -> list[Samp
             step = max(1, cycles // 10)
             try:
                 for cycle in range(warm_up + cycles):
+                    done = cycle - warm_up  # cycles run since the warm-up
+                    if done >= 0 and done % step == 0:
+                        samples.append(sample(agent.proc.pid, done))
                     side.generation = cycle + 1
                     side.call_many("ADD", names)
                     side.call_many("DEL", names)
-                    done = cycle + 1 - warm_up
-                    if done == 0 or (done > 0 and (done % step == 0 or done == cycles)):
-                        samples.append(sample(agent.proc.pid, done))
+                samples.append(sample(agent.proc.pid, cycles))
             finally:
                 side.close()
             if stand_in.errors:
