@@ -427,10 +427,9 @@ def test_status_50_until_the_node_has_a_pod_cidr(
         err = bed.cni("ADD", "web-1").error()
         assert err["code"] == 11 and "podCIDR" in err["msg"], err
         bed.in_node.run(bed.core.patch_node, NODE, {"spec": {"podCIDR": "100.64.1.0/24"}})
-        deadline = time.monotonic() + 15
-        while bed.cni("STATUS").returncode != 0:
-            assert time.monotonic() < deadline, bed.agent_log()
-            time.sleep(0.2)
+        wait_until(
+            lambda: bed.cni("STATUS").returncode == 0, 15, "STATUS 0", interval=0.2, detail=bed.agent_log
+        )
         assert bed.node_annotations()[agent_kube.NODE_TUNNEL_IP] == str(UNDERLAY.ip)
 
 
@@ -1023,15 +1022,17 @@ def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
             "external_ids:sluice.io/namespace=default", "external_ids:sluice.io/name=web-9",
         )  # fmt: skip
         stale_port = port_name("default", "web-2")
-        deadline = time.monotonic() + 15
-        while (
-            bed.ofport(stale_port) is not None
-            or bed.ofport("garbled0") is not None
-            or str(orphan.ip) in _ip_records(bed)
-            or lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
-        ):
-            assert time.monotonic() < deadline, bed.agent_log()
-            time.sleep(0.1)
+        wait_until(
+            lambda: (
+                bed.ofport(stale_port) is None
+                and bed.ofport("garbled0") is None
+                and str(orphan.ip) not in _ip_records(bed)
+                and not lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
+            ),
+            15,
+            "the resync to remove the stale port, the garbled port, the orphan address and link",
+            detail=bed.agent_log,
+        )
         assert "port garbled0: unreadable identity" in bed.agent_log()
         assert not lab_netns.link_exists(bed.node.netns, stale_port)
         assert _ip_records(bed) == [web1_ip]
