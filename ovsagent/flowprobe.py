@@ -150,14 +150,14 @@ def is_monitor_reply(payload: bytes) -> bool:
     return (mp_type, experimenter, exp_type) == (OFPMP_EXPERIMENTER, ONF_EXPERIMENTER, ONFMP_FLOW_MONITOR)
 
 
-def flow_updates(payload: bytes) -> list[tuple[int, int]]:
-    """Return (cookie, offset of its match in `payload`) of each flow added or modified in one
-    monitor reply payload.
+def flow_updates(payload: bytes) -> list[tuple[int, int, int]]:
+    """Return (cookie, offset of its match in `payload`, end of the update) of each flow added
+    or modified in one monitor reply payload.
 
     Deletions and abbreviated updates are skipped. Raises FlowProbeError for an update whose
     length does not fit the message (the caller then re-syncs by reconnecting).
     """
-    updates: list[tuple[int, int]] = []
+    updates: list[tuple[int, int, int]] = []
     offset = _EXPERIMENTER_MP.size
     end = len(payload)
     while offset < end:
@@ -170,7 +170,7 @@ def flow_updates(payload: bytes) -> list[tuple[int, int]]:
             if length < _UPDATE_FULL_SIZE:
                 raise FlowProbeError(f"short flow update ({length} bytes) for event {event}")
             cookie = _UPDATE_COOKIE.unpack_from(payload, offset + _UPDATE_COOKIE_OFFSET)[0]
-            updates.append((cookie, offset + _UPDATE_FULL_SIZE))
+            updates.append((cookie, offset + _UPDATE_FULL_SIZE, offset + length))
         offset += length
     return updates
 
@@ -423,18 +423,18 @@ class FlowProbe:
             self._wait_queries += 1
         return found
 
-    def _deliver(self, payload: bytes, updates: list[tuple[int, int]]) -> None:
-        """Mark the waiters that one of `updates` (cookie, offset of its match in `payload`)
-        satisfies, and wake them."""
+    def _deliver(self, payload: bytes, updates: list[tuple[int, int, int]]) -> None:
+        """Mark the waiters that one of `updates` (`flow_updates` of `payload`) satisfies, and
+        wake them."""
         with self._cond:
             self._updates += len(updates)
             woke = False
             for mask, by_key in self._waiters.items():
-                for cookie, match in updates:
+                for cookie, match, end in updates:
                     for waiter in by_key.get(cookie & mask, ()):
                         if waiter.hit:
                             continue
-                        if waiter.address is None or match_names_ipv4(payload, match, waiter.address):
+                        if waiter.address is None or match_names_ipv4(payload, match, waiter.address, end):
                             waiter.hit = True
                             woke = True
             if woke:

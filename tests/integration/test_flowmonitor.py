@@ -209,15 +209,16 @@ def test_update_parser_reads_cookies_of_added_and_modified_flows_only() -> None:
         "002000000000000900000000000407000000000000000055"
         "0001000400000000"
     )
-    assert [cookie for cookie, _ in flow_updates(payload)] == [0x1234, 0x55]
+    assert [cookie for cookie, _, _ in flow_updates(payload)] == [0x1234, 0x55]
     deleted = bytearray(payload)
     deleted[16 + 2 : 16 + 4] = (1).to_bytes(2, "big")  # the first one as NXFME_DELETED
-    assert [cookie for cookie, _ in flow_updates(bytes(deleted))] == [0x55]
+    assert [cookie for cookie, _, _ in flow_updates(bytes(deleted))] == [0x55]
     with pytest.raises(OSError, match="bad flow update length"):
         flow_updates(payload[:-8])
     # the first flow's match names 100.64.0.1 (ipv4_dst); the second matches everything
-    (_, first), (_, second) = flow_updates(payload)
+    (_, first, first_end), (_, second, _) = flow_updates(payload)
     assert match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.1").packed)
+    assert match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.1").packed, first_end)
     assert not match_names_ipv4(payload, first, ipaddress.IPv4Address("100.64.0.2").packed)
     assert not match_names_ipv4(payload, second, ipaddress.IPv4Address("100.64.0.1").packed)
     # a masked address field (ipv4_dst=100.64.0.0/24, hasmask set) does not name one address
