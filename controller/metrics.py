@@ -73,6 +73,11 @@ class ControllerMetrics:
             ["node"],
             registry=r,
         )
+        self.flowmod_cache_entries = Gauge(
+            "sluice_controller_flowmod_cache_entries",
+            "Serialized flow-mods the controller keeps for re-pushes (flows some switch holds).",
+            registry=r,
+        )
         self.informer_events = Counter(
             "sluice_controller_informer_events",
             "Watch events received, by resource and type.",

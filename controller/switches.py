@@ -344,11 +344,15 @@ class SwitchSession:
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug("node %s deletes:\n%s", node, render_flows(list(plan.deletes)))
             self._log.debug("node %s adds:\n%s", node, render_flows([*plan.adds, *plan.modifies]))
+        installed = self._installed
         self._installed = None  # unknown until the commit is acknowledged
         push_started = time.monotonic()
         self.push(plan.deletes, (*plan.adds, *plan.modifies))
         pushed = time.monotonic() - push_started
         self._installed = desired
+        # What the switch no longer holds leaves the flow-mod cache: the deleted flows and the
+        # versions the modifies replaced (a pod's flows once the pod is gone, for instance).
+        self._cache.forget([*plan.deletes, *(installed.by_key[f.key] for f in plan.modifies)])
         self._metrics.push_seconds.labels(node).observe(pushed)
         self._metrics.reconciles.labels(node, "pushed").inc()
         self._log.info(
@@ -526,6 +530,8 @@ class SwitchManager:
         self.dirty = dirty
         self.metrics = metrics
         self.cache = cache or ofmsg.FlowModCache(ofmsg.OfProto(ofmsg.OF15))
+        cached = self.cache
+        metrics.flowmod_cache_entries.set_function(lambda: cached.stats().size)
         self._reply_timeout = reply_timeout
         self._lock = threading.Lock()
         self._sessions: dict[int, SwitchSession] = {}

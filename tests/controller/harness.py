@@ -25,8 +25,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from flows.flowset import FlowSet
 from flows.identity import mac_for_ip
 from flows.ofctl import parse_dump
 from lab import netns as netns_lib
-from lab.ovs import FailMode, OvsNode
+from lab.ovs import FailMode, OvsError, OvsNode
 from lab.relay import Relay
 from lab.traffic import ping
 
@@ -304,18 +305,38 @@ def wait_for(
         time.sleep(0.1)
 
 
-def warm_tunnel(pod_netns: str, destination: str, timeout: float = 15.0) -> None:
+def warm_tunnel(pod_netns: str, destination: str, nodes: Sequence[LabNode], timeout: float = 15.0) -> None:
     """Ping from `pod_netns` until `destination` answers once (fail after `timeout` seconds).
 
     The first packets to a tunnel endpoint OVS has not resolved yet are dropped while it
     resolves the endpoint's MAC (tnl/arp); on a loaded machine that can take more than a few
-    pings. Tests of loss start after this.
+    pings. Tests of loss start after this. A failure shows what each of `nodes`' vswitchd
+    knows of the underlay (its routes and tunnel neighbours) and what br-phy and br-int did.
     """
     wait_for(
         lambda: ping(pod_netns, destination, count=1, wait=0.5).received == 1,
         timeout,
         f"a first reply from {destination} through the tunnel",
+        lambda: "\n".join(underlay_state(node) for node in nodes),
     )
+
+
+def underlay_state(node: LabNode) -> str:
+    """Return what `node`'s vswitchd knows of the underlay, for a failure message."""
+    parts = [f"--- {node.spec.name}"]
+    ovs = node.ovs
+    questions: list[tuple[str, Callable[[], str]]] = [
+        ("tnl/neigh/show", partial(ovs.appctl, "tnl/neigh/show")),
+        ("ovs/route/show", partial(ovs.appctl, "ovs/route/show")),
+        ("br-phy ports", partial(ovs.ofctl, "dump-ports", "br-phy")),
+        ("br-int flows", partial(ovs.ofctl, "--no-names", "dump-flows", BRIDGE)),
+    ]
+    for what, run in questions:
+        try:
+            parts.append(f"{what}:\n{run()}")
+        except OvsError as exc:
+            parts.append(f"{what}: {exc}")
+    return "\n".join(parts)
 
 
 def make_pki(directory: Path) -> dict[str, Path]:

@@ -149,7 +149,7 @@ def test_killing_the_leader_fails_over_within_the_lease_without_a_flow_mod(
         specs.append(PodSpec("apps", name, node.name, ipaddress.IPv4Address(ip), 3))
     ha.a.start()
     ha.converged(specs)
-    warm_tunnel(pods["a"].pod_netns, "100.64.2.10")
+    warm_tunnel(pods["a"].pod_netns, "100.64.2.10", ha.nodes)
     ha.b.start()
     wait_for(lambda: ha.masters(RELAY_PORT), CONVERGE, "replica-a master everywhere")
     wait_for(

@@ -369,6 +369,26 @@ def test_cache_evicts_the_least_recently_used() -> None:
     assert cache.stats().misses == misses + 1
 
 
+def test_cache_forgets_the_flows_a_switch_dropped_under_both_commands() -> None:
+    proto = OfProto(ofmsg.OF15)
+    cache = FlowModCache(proto)
+    kept, gone, replaced = example_flows()[:3]
+    for flow in (kept, gone, replaced):
+        cache.get(Command.ADD, flow)
+    cache.get(Command.DELETE_STRICT, gone)
+    assert cache.stats().size == 4
+    cache.forget([gone, replaced])
+    assert cache.stats().size == 1
+    misses = cache.stats().misses
+    assert cache.get(Command.ADD, kept) == ofmsg.serialize(ofmsg.flow_mod(proto, kept, Command.ADD))
+    assert cache.stats().misses == misses  # still cached
+    # A forgotten flow pushed again (another switch still holds it) is encoded again, the same.
+    assert cache.get(Command.ADD, gone) == ofmsg.serialize(ofmsg.flow_mod(proto, gone, Command.ADD))
+    assert cache.stats().misses == misses + 1
+    cache.forget([example_flows()[5]])  # never cached: nothing to do
+    assert cache.stats().size == 2
+
+
 def test_cache_is_safe_to_share_between_threads() -> None:
     proto = OfProto()
     cache = FlowModCache(proto, max_entries=10)
