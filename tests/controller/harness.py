@@ -40,7 +40,7 @@ from flows.flowset import FlowSet
 from flows.identity import mac_for_ip
 from flows.ofctl import parse_dump
 from lab import netns as netns_lib
-from lab.ovs import FailMode, OvsError, OvsNode
+from lab.ovs import Daemon, FailMode, OvsError, OvsNode
 from lab.relay import Relay
 from lab.traffic import ping
 
@@ -82,10 +82,18 @@ class LabNode:
 
     def use_controllers(self, *targets: str) -> None:
         """Point br-int at `targets` (e.g. `ssl:127.0.0.1:6653`), reconnecting fast (OVS backs
-        off up to 8s by default)."""
+        off up to 8s by default), out-of-band as the agent sets them (in-band control adds
+        hidden flows and, with a loopback target, warns every second)."""
         self.ovs.vsctl("set-controller", BRIDGE, *targets)
         for uuid in self.ovs.vsctl("--bare", "--columns=_uuid", "list", "Controller").split():
-            self.ovs.vsctl("set", "Controller", uuid, "max_backoff=1000", "inactivity_probe=5000")
+            self.ovs.vsctl(
+                "set",
+                "Controller",
+                uuid,
+                "max_backoff=1000",
+                "inactivity_probe=5000",
+                "connection_mode=out-of-band",
+            )
 
     def controller_roles(self) -> dict[int, str]:
         """Return {controller port: role} of the bridge's connected controllers (OVSDB's view)."""
@@ -336,6 +344,9 @@ def underlay_state(node: LabNode) -> str:
             parts.append(f"{what}:\n{run()}")
         except OvsError as exc:
             parts.append(f"{what}: {exc}")
+    log_path = ovs.paths.log(Daemon.VSWITCHD)
+    tail = log_path.read_text(errors="replace").splitlines()[-30:] if log_path.exists() else []
+    parts.append("ovs-vswitchd.log (last 30 lines):\n" + "\n".join(tail))
     return "\n".join(parts)
 
 
