@@ -207,6 +207,7 @@ class Agent:
         self.host_netns = host_netns
         self.setup_retry_seconds = setup_retry_seconds
         self.metrics = metrics or AgentMetrics()
+        self.metrics.track_ipam(self._allocated_count, self._usable_count)
         self.probe = FlowProbe(config.ovs_rundir / f"{config.bridge}.mgmt")
         self.locks = KeyedLocks()
         self.gate = OperationGate()
@@ -310,6 +311,21 @@ class Agent:
         self._setup_pending = False
         self.metrics.ready.set(1)
         return True
+
+    def _allocated_count(self) -> int | None:
+        # For the metrics scrape: None (unknown) until the podCIDR is known or if the store fails.
+        ipam = self._ipam
+        if ipam is None:
+            return None
+        try:
+            return ipam.count()
+        except IpamError as exc:
+            log.debug("IPAM count for the metrics: %s", exc)
+            return None
+
+    def _usable_count(self) -> int | None:
+        ipam = self._ipam
+        return None if ipam is None else ipam.usable
 
     @property
     def node(self) -> NodeState | None:
@@ -728,7 +744,10 @@ class Agent:
         self.crash_hook(Stage.ADD_FLOW_WAIT)
         # Flows of an earlier incarnation of the pod (same name, hence the same cookie) may still
         # be there: only flows for this attachment's address are this pod's.
-        if not self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait, address=identity.ip.ip):
+        waiting = time.monotonic()
+        ready = self.probe.wait_for_flows(pod_cookie(pod.namespace, pod.name), wait, address=identity.ip.ip)
+        self.metrics.flow_wait.labels("ready" if ready else "timeout").observe(time.monotonic() - waiting)
+        if not ready:
             raise CniError(
                 ErrorCode.TRY_AGAIN_LATER,
                 f"the flows of pod {pod.namespace}/{pod.name} for {identity.ip.ip} are not on "

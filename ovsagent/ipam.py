@@ -375,6 +375,11 @@ class Ipam:
             found = self._find(key)
         return found[0] if found else None
 
+    def count(self) -> int:
+        """Return how many addresses are allocated (corrupt records included). Raises IpamError."""
+        with self._locked():
+            return len(self._records)
+
     def allocations(self) -> list[Allocation]:
         """Return every allocation on disk (corrupt records included), sorted by address."""
         with self._locked():

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flows.cluster import Cluster
 from flows.compiler import compile_node
@@ -68,6 +69,19 @@ def veth_bed(ovs_node_factory: OvsNodeFactory, netns: NetnsFactory) -> Iterator[
         yield b
 
 
+def _metrics(bed: AgentBed) -> dict[str, float]:
+    """The agent's metrics (served by `veth_bed`), by sample name with its labels."""
+    text = bed.in_node.run(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    )
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
 def _ip_records(bed: AgentBed) -> list[str]:
     alloc = bed.ipam_dir / "allocations"
     return sorted(p.name for p in alloc.iterdir() if not p.name.startswith(".")) if alloc.exists() else []
@@ -100,11 +114,9 @@ def test_node_setup_bridge_gateway_tunnel_and_annotations(veth_bed: AgentBed) ->
     assert "inet " not in lab_netns.Netns(node.netns).ip("-4", "addr", "show", "dev", "uplink0").stdout
     assert "br-phy" in node.appctl("ovs/route/show")
     # the metrics endpoint counts the STATUS calls the fixture made
-    body = bed.in_node.run(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
-    )
-    assert 'sluice_agent_cni_requests_total{code="0",command="STATUS"}' in body
-    assert "sluice_agent_ready 1.0" in body
+    metrics = _metrics(bed)
+    assert metrics['sluice_agent_cni_requests_total{code="0",command="STATUS"}'] >= 1
+    assert metrics["sluice_agent_ready"] == 1
     # the socket: mode 0600
     mode = stat.S_IMODE(os.stat(bed.socket_path).st_mode)
     assert mode == 0o600
@@ -204,6 +216,17 @@ def test_add_fails_with_11_when_flows_never_come_and_retry_succeeds(veth_bed: Ag
     result = run.ok()
     assert ipaddress.IPv4Interface(result["ips"][0]["address"]).ip == ipaddress.IPv4Address(records[0])
     assert _ip_records(bed) == records
+    # what an operator sees: one wait timed out, the retry's was answered; one address of 253 in use
+    metrics = _metrics(bed)
+    assert metrics['sluice_agent_flow_wait_seconds_count{result="timeout"}'] == 1
+    assert metrics['sluice_agent_flow_wait_seconds_sum{result="timeout"}'] >= FLOW_WAIT - 0.5
+    assert metrics['sluice_agent_flow_wait_seconds_count{result="ready"}'] == 1
+    assert (
+        metrics["sluice_agent_ipam_allocated_addresses"],
+        metrics["sluice_agent_ipam_usable_addresses"],
+    ) == (1, 253)
+    bed.cni("DEL", "web-1").ok()
+    assert _metrics(bed)["sluice_agent_ipam_allocated_addresses"] == 0
 
 
 def test_del_releases_everything_and_is_idempotent(bed: AgentBed) -> None:
