@@ -155,6 +155,9 @@ def test_allocations_lists_everything_sorted(ipam: Ipam) -> None:
     ipam.release(owner(2))
     assert [str(a.ip) for a in ipam.allocations()] == ["100.64.1.2", "100.64.1.3", "100.64.1.5", "100.64.1.6"]
     assert [a.owner for a in ipam.allocations()] == [owner(0), owner(1), owner(3), owner(4)]
+    assert ipam.count() == 4
+    with Ipam(ipam.store_dir, CIDR) as other:
+        assert other.count() == 4  # another object on the store reads it too
 
 
 def test_owner_without_identity_is_refused(ipam: Ipam) -> None:
@@ -704,6 +707,7 @@ class IpamMachine(RuleBasedStateMachine):
         for ipam in self.ipams:
             memory = {str(a.ip): a.owner.container_id if a.owner else None for a in ipam.allocations()}
             assert memory == disk
+            assert ipam.count() == len(disk)  # what the agent's metrics report
         assert len(set(self.model.values())) == len(self.model)
 
 
