@@ -64,8 +64,9 @@ from flows.flowset import FlowSet
 from flows.ofctl import render_flows
 from lab import netns as lab_netns
 from ovsagent.naming import port_name
-from tests.agent.harness import AgentBed, InNetns, agent_bed, meta, standalone_factories
+from tests.agent.harness import AgentBed, InNetns, agent_bed, standalone_factories
 from tests.cni.conftest import plugin_path
+from tests.support import meta
 
 REFERENCE_DIR = Path("/usr/lib/cni")
 REFERENCE_SUBNET = "100.64.200.0/24"

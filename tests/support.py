@@ -1,5 +1,5 @@
 """Helpers shared by every test folder: the skip-locally, fail-in-CI rule for missing
-prerequisites, and polling for a condition."""
+prerequisites, polling for a condition, and Kubernetes objects to and from the typed client."""
 
 from __future__ import annotations
 
@@ -10,12 +10,21 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 
 def body(obj: Mapping[str, Any]) -> Any:
     """`obj`, a Kubernetes object written as its JSON (malformed ones included, on purpose), as
     the body of a typed `kubernetes` client call, which sends a mapping as it is."""
     return obj
+
+
+def meta(obj: Any) -> client.V1ObjectMeta:
+    """An API object's metadata, which the API server always sends (the client's models type it
+    as optional)."""
+    metadata = obj.metadata
+    assert isinstance(metadata, client.V1ObjectMeta), obj
+    return metadata
 
 
 def in_ci() -> bool:

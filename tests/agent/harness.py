@@ -37,7 +37,7 @@ from lab.apiserver import ApiServer
 from lab.ovs import OvsNode
 from tests.cni.conftest import PluginRun, plugin_path, run_plugin
 from tests.conftest import NETNS_PREFIX, OVS_PREFIX, _teardown
-from tests.support import require_root_and_ovs
+from tests.support import meta, require_root_and_ovs
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -62,14 +62,6 @@ def vswitchd_stopped(node: OvsNode) -> Iterator[Callable[[], None]]:
         yield lambda: os.kill(vswitchd, signal.SIGCONT)
     finally:
         os.kill(vswitchd, signal.SIGCONT)
-
-
-def meta(obj: Any) -> client.V1ObjectMeta:
-    """An API object's metadata, which the API server always sends (the client's models type it
-    as optional)."""
-    metadata = obj.metadata
-    assert isinstance(metadata, client.V1ObjectMeta), obj
-    return metadata
 
 
 class InNetns:

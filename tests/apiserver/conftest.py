@@ -1,5 +1,6 @@
 """Fixtures for the API-server stand-in tests: real servers on 127.0.0.1 (port 0), the official
-`kubernetes` client and raw HTTP, a fresh namespace per test."""
+`kubernetes` client and raw HTTP, a fresh namespace per test; helpers for the client's models,
+every field of which is optional, and a typed `kubernetes.watch.Watch`."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 import secrets
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from lab.apiserver import ApiServer
+from tests.support import body
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def core(api: client.ApiClient) -> client.CoreV1Api:
 def namespace(core: client.CoreV1Api) -> Iterator[str]:
     """A namespace that exists for one test and is deleted (with its contents) afterwards."""
     name = f"t-{secrets.token_hex(4)}"
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(body({"metadata": {"name": name}}))
     try:
         yield name
     finally:
@@ -65,9 +69,48 @@ def pod_body(name: str, labels: dict[str, str] | None = None, node: str | None =
     return {"metadata": {"name": name, "labels": labels or {}}, "spec": spec}
 
 
+def present(value: T | None) -> T:
+    """`value`, a field the API server fills in the object it returns (the client's models type
+    every field as optional); the test fails if it is missing."""
+    assert value is not None
+    return value
+
+
+def version(obj: Any) -> int:
+    """The resourceVersion of an object or a list the API server returned, as the number it is."""
+    metadata = obj.metadata
+    assert isinstance(metadata, (client.V1ObjectMeta, client.V1ListMeta)), obj
+    return int(present(metadata.resource_version))
+
+
+class Watcher:
+    """`kubernetes.watch.Watch`, whose methods the package leaves untyped, with types."""
+
+    def __init__(self) -> None:
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+
+    def stream(self, func: Callable[..., object], *args: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """`Watch.stream`: the events (dicts with "type", "object" and "raw_object") of a watch
+        made by the list call `func` with these arguments."""
+        events: Iterator[dict[str, Any]] = self._watch.stream(  # type: ignore[no-untyped-call]
+            func, *args, **kwargs
+        )
+        return events
+
+    def stop(self) -> None:
+        """`Watch.stop`: end the stream after the current event."""
+        self._watch.stop()  # type: ignore[no-untyped-call]
+
+    @property
+    def resource_version(self) -> str | None:
+        """The resourceVersion the watch resumes from: its last event's, bookmarks included."""
+        resume: str | None = self._watch.resource_version
+        return resume
+
+
 def message(err: client.ApiException) -> str:
     """Return the message of the Status an ApiException carries."""
-    status: dict[str, Any] = json.loads(err.body)
+    status: dict[str, Any] = json.loads(present(err.body))
     assert status["kind"] == "Status", status
     return str(status["message"])
 

@@ -11,7 +11,8 @@ import pytest
 from kubernetes import client
 
 from lab.apiserver import ApiServer
-from tests.apiserver.conftest import message, pod_body, raw
+from tests.apiserver.conftest import message, pod_body, present, raw
+from tests.support import body
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -263,7 +264,7 @@ def test_invalid_network_policies_are_422(
 
 def test_valid_network_policies_are_accepted(api: client.ApiClient, namespace: str) -> None:
     net = client.NetworkingV1Api(api)
-    body = _policy(
+    policy = _policy(
         podSelector={
             "matchExpressions": [
                 {"key": "app", "operator": "In", "values": ["web", "db"]},
@@ -289,8 +290,8 @@ def test_valid_network_policies_are_accepted(api: client.ApiClient, namespace: s
         ],
         egress=[{}],
     )
-    created = net.create_namespaced_network_policy(namespace, body)
-    assert created.spec.policy_types == ["Ingress", "Egress"]
+    created = net.create_namespaced_network_policy(namespace, body(policy))
+    assert present(created.spec).policy_types == ["Ingress", "Egress"]
 
 
 def test_invalid_pods_and_names_are_422(core: client.CoreV1Api, namespace: str) -> None:
@@ -319,11 +320,11 @@ def test_invalid_pods_and_names_are_422(core: client.CoreV1Api, namespace: str) 
             "containerPort: Invalid value: 0",
         ),
     ]
-    for body, expected in cases:
+    for pod, expected in cases:
         with pytest.raises(client.ApiException) as exc:
-            core.create_namespaced_pod(namespace, body)
-        assert exc.value.status == 422, body
+            core.create_namespaced_pod(namespace, body(pod))
+        assert exc.value.status == 422, pod
         assert expected in message(exc.value)
     with pytest.raises(client.ApiException) as exc:
-        core.create_namespace({"metadata": {"name": "has.dots"}})
+        core.create_namespace(body({"metadata": {"name": "has.dots"}}))
     assert exc.value.status == 422

@@ -12,7 +12,8 @@ import pytest
 from kubernetes import client
 
 from lab.apiserver import ApiServer
-from tests.apiserver.conftest import message, pod_body
+from tests.apiserver.conftest import message, pod_body, present, version
+from tests.support import body, meta
 
 
 @dataclass(frozen=True)
@@ -211,14 +212,16 @@ def test_crud_through_the_official_client(api: client.ApiClient, namespace: str,
 
 def test_namespace_label_and_cascading_delete(core: client.CoreV1Api) -> None:
     name = f"cascade-{secrets.token_hex(3)}"
-    ns = core.create_namespace({"metadata": {"name": name, "labels": {"team": "a"}}})
-    assert ns.metadata.labels == {"team": "a", "kubernetes.io/metadata.name": name}
-    assert ns.status.phase == "Active"
+    ns = core.create_namespace(body({"metadata": {"name": name, "labels": {"team": "a"}}}))
+    assert meta(ns).labels == {"team": "a", "kubernetes.io/metadata.name": name}
+    assert present(ns.status).phase == "Active"
     # The label cannot be removed or changed.
     ns = core.patch_namespace(name, {"metadata": {"labels": {"kubernetes.io/metadata.name": "other"}}})
-    assert ns.metadata.labels["kubernetes.io/metadata.name"] == name
-    core.create_namespaced_pod(name, pod_body("p1"))
-    core.create_namespaced_service(name, {"metadata": {"name": "s1"}, "spec": {"ports": [{"port": 80}]}})
+    assert present(meta(ns).labels)["kubernetes.io/metadata.name"] == name
+    core.create_namespaced_pod(name, body(pod_body("p1")))
+    core.create_namespaced_service(
+        name, body({"metadata": {"name": "s1"}, "spec": {"ports": [{"port": 80}]}})
+    )
     core.delete_namespace(name)
     assert core.list_namespaced_pod(name).items == []
     assert core.list_namespaced_service(name).items == []
@@ -227,13 +230,13 @@ def test_namespace_label_and_cascading_delete(core: client.CoreV1Api) -> None:
     assert exc.value.status == 404
     # Objects cannot be created in a namespace that does not exist.
     with pytest.raises(client.ApiException) as exc:
-        core.create_namespaced_pod(name, pod_body("p2"))
+        core.create_namespaced_pod(name, body(pod_body("p2")))
     assert exc.value.status == 404
     assert f'namespaces "{name}" not found' in message(exc.value)
 
 
 def test_default_namespaces_exist_and_default_cannot_be_deleted(core: client.CoreV1Api) -> None:
-    names = {n.metadata.name for n in core.list_namespace().items}
+    names = {meta(n).name for n in core.list_namespace().items}
     assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= names
     with pytest.raises(client.ApiException) as exc:
         core.delete_namespace("default")
@@ -241,21 +244,21 @@ def test_default_namespaces_exist_and_default_cannot_be_deleted(core: client.Cor
 
 
 def test_pod_create_rules_and_status_subresource(core: client.CoreV1Api, namespace: str) -> None:
-    body = pod_body("p", node="node-1")
-    body["status"] = {"phase": "Running"}
-    pod = core.create_namespaced_pod(namespace, body)
-    assert pod.status.phase == "Pending"  # status sent on create is dropped, as by the real server
-    assert pod.metadata.generation == 1
-    assert pod.spec.restart_policy == "Always"
+    manifest = pod_body("p", node="node-1")
+    manifest["status"] = {"phase": "Running"}
+    pod = core.create_namespaced_pod(namespace, body(manifest))
+    assert present(pod.status).phase == "Pending"  # status sent on create is dropped, as by the real server
+    assert meta(pod).generation == 1
+    assert present(pod.spec).restart_policy == "Always"
     status = {"status": {"phase": "Running", "podIP": "100.64.3.4", "podIPs": [{"ip": "100.64.3.4"}]}}
     pod = core.patch_namespaced_pod_status("p", namespace, status)
-    assert (pod.status.phase, pod.status.pod_ip) == ("Running", "100.64.3.4")
+    assert (present(pod.status).phase, present(pod.status).pod_ip) == ("Running", "100.64.3.4")
     # replace_namespaced_pod_status with the full object works too and keeps the spec.
-    pod.status.phase = "Succeeded"
-    pod.spec.node_name = "elsewhere"  # ignored by /status
+    present(pod.status).phase = "Succeeded"
+    present(pod.spec).node_name = "elsewhere"  # ignored by /status
     pod = core.replace_namespaced_pod_status("p", namespace, pod)
-    assert pod.status.phase == "Succeeded"
-    assert pod.spec.node_name == "node-1"
+    assert present(pod.status).phase == "Succeeded"
+    assert present(pod.spec).node_name == "node-1"
     # Pod specs are immutable apart from images.
     with pytest.raises(client.ApiException) as exc:
         core.patch_namespaced_pod("p", namespace, {"spec": {"nodeName": "node-2"}})
@@ -266,56 +269,61 @@ def test_pod_create_rules_and_status_subresource(core: client.CoreV1Api, namespa
 def test_generate_name_and_binding(core: client.CoreV1Api, namespace: str) -> None:
     pod = core.create_namespaced_pod(
         namespace,
-        {"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        body({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
     )
-    assert pod.metadata.name.startswith("web-") and len(pod.metadata.name) == 9
+    name = present(meta(pod).name)
+    assert name.startswith("web-") and len(name) == 9
     core.create_namespaced_pod_binding(
-        pod.metadata.name,
+        name,
         namespace,
-        {"metadata": {"name": pod.metadata.name}, "target": {"kind": "Node", "name": "node-7"}},
+        body({"metadata": {"name": name}, "target": {"kind": "Node", "name": "node-7"}}),
         _preload_content=False,
     )
-    assert core.read_namespaced_pod(pod.metadata.name, namespace).spec.node_name == "node-7"
+    assert present(core.read_namespaced_pod(name, namespace).spec).node_name == "node-7"
     with pytest.raises(client.ApiException) as exc:
         core.create_namespaced_pod_binding(
-            pod.metadata.name,
+            name,
             namespace,
-            {"metadata": {"name": pod.metadata.name}, "target": {"kind": "Node", "name": "node-8"}},
+            body({"metadata": {"name": name}, "target": {"kind": "Node", "name": "node-8"}}),
             _preload_content=False,
         )
     assert exc.value.status == 409
 
 
 def test_delete_preconditions(core: client.CoreV1Api, namespace: str) -> None:
-    pod = core.create_namespaced_pod(namespace, pod_body("p"))
+    pod = core.create_namespaced_pod(namespace, body(pod_body("p")))
     with pytest.raises(client.ApiException) as exc:
-        core.delete_namespaced_pod("p", namespace, body={"preconditions": {"uid": "not-the-uid"}})
+        core.delete_namespaced_pod("p", namespace, body=body({"preconditions": {"uid": "not-the-uid"}}))
     assert exc.value.status == 409
     assert "Precondition failed: UID in precondition" in message(exc.value)
     with pytest.raises(client.ApiException) as exc:
-        core.delete_namespaced_pod("p", namespace, body={"preconditions": {"resourceVersion": "1"}})
+        core.delete_namespaced_pod("p", namespace, body=body({"preconditions": {"resourceVersion": "1"}}))
     assert exc.value.status == 409
-    core.delete_namespaced_pod("p", namespace, body={"preconditions": {"uid": pod.metadata.uid}})
+    core.delete_namespaced_pod("p", namespace, body=body({"preconditions": {"uid": meta(pod).uid}}))
     assert core.list_namespaced_pod(namespace).items == []
 
 
 def test_replace_and_delete_missing_objects(core: client.CoreV1Api, namespace: str) -> None:
     with pytest.raises(client.ApiException) as exc:
-        core.replace_namespaced_pod("nope", namespace, pod_body("nope"))
+        core.replace_namespaced_pod("nope", namespace, body(pod_body("nope")))
     assert exc.value.status == 404
     with pytest.raises(client.ApiException) as exc:
         core.delete_namespaced_pod("nope", namespace)
     assert exc.value.status == 404
     # Leases and Endpoints may be created by PUT (AllowCreateOnUpdate), as leader election does.
     coord = client.CoordinationV1Api(core.api_client)
-    lease = coord.replace_namespaced_lease("leader", namespace, {"metadata": {"name": "leader"}, "spec": {}})
-    assert lease.metadata.uid
+    lease = coord.replace_namespaced_lease(
+        "leader", namespace, body({"metadata": {"name": "leader"}, "spec": {}})
+    )
+    assert meta(lease).uid
 
 
 def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
-    body = pod_body("p", {"a": "1", "b": "2"})
-    body["spec"]["containers"].append({"name": "side", "image": "side:1", "ports": [{"containerPort": 9}]})
-    core.create_namespaced_pod(namespace, body)
+    manifest = pod_body("p", {"a": "1", "b": "2"})
+    manifest["spec"]["containers"].append(
+        {"name": "side", "image": "side:1", "ports": [{"containerPort": 9}]}
+    )
+    core.create_namespaced_pod(namespace, body(manifest))
     # Strategic merge: containers merge by name (the other container stays), labels merge.
     pod = core.patch_namespaced_pod(
         "p",
@@ -325,9 +333,10 @@ def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
             "spec": {"containers": [{"name": "side", "image": "side:2"}]},
         },
     )
-    assert pod.metadata.labels == {"a": "1", "c": "3"}
-    assert [(c.name, c.image) for c in pod.spec.containers] == [("main", "busybox:1.36"), ("side", "side:2")]
-    assert pod.spec.containers[1].ports[0].container_port == 9
+    assert meta(pod).labels == {"a": "1", "c": "3"}
+    containers = present(pod.spec).containers
+    assert [(c.name, c.image) for c in containers] == [("main", "busybox:1.36"), ("side", "side:2")]
+    assert present(containers[1].ports)[0].container_port == 9
     # JSON merge patch: lists are replaced wholesale (here: the annotations map merges).
     pod = core.patch_namespaced_pod(
         "p",
@@ -335,7 +344,7 @@ def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
         {"metadata": {"annotations": {"k": "v"}}},
         _content_type="application/merge-patch+json",
     )
-    assert pod.metadata.annotations == {"k": "v"}
+    assert meta(pod).annotations == {"k": "v"}
     # JSON patch (RFC 6902): test + replace + add + remove.
     ops = [
         {"op": "test", "path": "/metadata/labels/a", "value": "1"},
@@ -344,9 +353,9 @@ def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
         {"op": "remove", "path": "/metadata/annotations/k"},
     ]
     pod = core.patch_namespaced_pod("p", namespace, ops)
-    assert pod.spec.containers[1].image == "side:3"
-    assert pod.metadata.labels == {"a": "1", "c": "3", "d": "4"}
-    assert not pod.metadata.annotations
+    assert present(pod.spec).containers[1].image == "side:3"
+    assert meta(pod).labels == {"a": "1", "c": "3", "d": "4"}
+    assert not meta(pod).annotations
     # A failed test op is a 422 and changes nothing.
     with pytest.raises(client.ApiException) as exc:
         core.patch_namespaced_pod(
@@ -363,10 +372,12 @@ def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
     # $setElementOrder orders the result.
     core.create_namespaced_service(
         namespace,
-        {
-            "metadata": {"name": "s"},
-            "spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]},
-        },
+        body(
+            {
+                "metadata": {"name": "s"},
+                "spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 81}]},
+            }
+        ),
     )
     svc = core.patch_namespaced_service(
         "s",
@@ -378,53 +389,60 @@ def test_patch_types(core: client.CoreV1Api, namespace: str) -> None:
             }
         },
     )
-    assert [(p.name, p.port) for p in svc.spec.ports] == [("c", 82), ("a", 80)]
+    assert [(p.name, p.port) for p in present(present(svc.spec).ports)] == [("c", 82), ("a", 80)]
 
 
 def test_service_cluster_ip_allocation(core: client.CoreV1Api, namespace: str) -> None:
     a = core.create_namespaced_service(
-        namespace, {"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}
+        namespace, body({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}})
     )
     b = core.create_namespaced_service(
-        namespace, {"metadata": {"name": "b"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}}
+        namespace, body({"metadata": {"name": "b"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})
     )
-    assert a.spec.cluster_ip != b.spec.cluster_ip
-    assert a.spec.cluster_ip.startswith("100.127.")
-    assert a.spec.ports[0].target_port == 80 and a.spec.ports[0].protocol == "TCP"
-    assert 30000 <= b.spec.ports[0].node_port <= 32767
+    a_spec, b_spec = present(a.spec), present(b.spec)
+    assert a_spec.cluster_ip != b_spec.cluster_ip
+    assert present(a_spec.cluster_ip).startswith("100.127.")
+    a_port, b_port = present(a_spec.ports)[0], present(b_spec.ports)[0]
+    assert a_port.target_port == 80 and a_port.protocol == "TCP"
+    assert 30000 <= present(b_port.node_port) <= 32767
     # A replace that omits the cluster IP keeps it; changing it is refused.
-    a.spec.cluster_ip = None
-    a.spec.cluster_ips = None
+    a_spec.cluster_ip = None
+    a_spec.cluster_ips = None
     kept = core.replace_namespaced_service("a", namespace, a)
-    assert kept.spec.cluster_ip == core.read_namespaced_service("a", namespace).spec.cluster_ip
+    assert (
+        present(kept.spec).cluster_ip == present(core.read_namespaced_service("a", namespace).spec).cluster_ip
+    )
     with pytest.raises(client.ApiException) as exc:
         core.patch_namespaced_service("a", namespace, {"spec": {"clusterIP": "100.127.9.9"}})
     assert exc.value.status == 422
     headless = core.create_namespaced_service(
-        namespace, {"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}}
+        namespace, body({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}})
     )
-    assert headless.spec.cluster_ip == "None"
+    assert present(headless.spec).cluster_ip == "None"
 
 
 def test_networkpolicy_defaults(api: client.ApiClient, namespace: str) -> None:
     net = client.NetworkingV1Api(api)
     np = net.create_namespaced_network_policy(
         namespace,
-        {"metadata": {"name": "np"}, "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}},
+        body(
+            {"metadata": {"name": "np"}, "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}}
+        ),
     )
-    assert np.spec.policy_types == ["Ingress", "Egress"]
-    assert np.spec.egress[0].ports[0].protocol == "TCP"
+    np_spec = present(np.spec)
+    assert np_spec.policy_types == ["Ingress", "Egress"]
+    assert present(present(np_spec.egress)[0].ports)[0].protocol == "TCP"
 
 
 def test_dry_run_does_not_store(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, pod_body("dry"), dry_run="All")
+    core.create_namespaced_pod(namespace, body(pod_body("dry")), dry_run="All")
     assert core.list_namespaced_pod(namespace).items == []
 
 
 def test_no_op_update_keeps_resource_version(
     core: client.CoreV1Api, namespace: str, server: ApiServer
 ) -> None:
-    pod = core.create_namespaced_pod(namespace, pod_body("p", {"a": "1"}))
+    pod = core.create_namespaced_pod(namespace, body(pod_body("p", {"a": "1"})))
     again = core.patch_namespaced_pod("p", namespace, {"metadata": {"labels": {"a": "1"}}})
-    assert again.metadata.resource_version == pod.metadata.resource_version
-    assert server.store.resource_version >= int(pod.metadata.resource_version)
+    assert meta(again).resource_version == meta(pod).resource_version
+    assert server.store.resource_version >= version(pod)

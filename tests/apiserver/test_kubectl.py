@@ -18,7 +18,8 @@ import pytest
 from kubernetes import client
 
 from lab.apiserver import ApiServer
-from tests.support import require
+from tests.apiserver.conftest import present
+from tests.support import body, meta, require
 
 POD = """\
 apiVersion: v1
@@ -109,7 +110,7 @@ def ns(tls_server: ApiServer) -> Iterator[str]:
     """A fresh namespace on the TLS server."""
     name = f"k-{secrets.token_hex(4)}"
     with tls_server.api_client() as api:
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+        client.CoreV1Api(api).create_namespace(body({"metadata": {"name": name}}))
     yield name
     with tls_server.api_client() as api:
         client.CoreV1Api(api).delete_namespace(name)
@@ -143,10 +144,11 @@ def test_kubectl_apply_label_delete(kubectl: Kubectl, ns: str, tls_server: ApiSe
     with tls_server.api_client() as api:
         pod = client.CoreV1Api(api).read_namespaced_pod("web", ns)
         policy = client.NetworkingV1Api(api).read_namespaced_network_policy("allow-web", ns)
-    assert pod.spec.containers[0].image == "busybox:1.37"
-    assert "kubectl.kubernetes.io/last-applied-configuration" in pod.metadata.annotations
-    assert policy.spec.ingress[0].ports[0].end_port == 95
-    assert policy.spec.ingress[0]._from[0].ip_block._except == ["100.64.1.0/24"]
+    assert present(pod.spec).containers[0].image == "busybox:1.37"
+    assert "kubectl.kubernetes.io/last-applied-configuration" in present(meta(pod).annotations)
+    ingress = present(present(policy.spec).ingress)[0]
+    assert present(ingress.ports)[0].end_port == 95
+    assert present(present(ingress._from)[0].ip_block)._except == ["100.64.1.0/24"]
 
     table = kubectl("get", "pods", "-n", ns, "-o", "wide").stdout.splitlines()
     assert table[0].split()[:5] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
@@ -204,7 +206,10 @@ def test_kubectl_get_watch_shows_events(kubectl: Kubectl, ns: str, tls_server: A
         with tls_server.api_client() as api:
             core = client.CoreV1Api(api)
             core.create_namespaced_pod(
-                ns, {"metadata": {"name": "watched"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+                ns,
+                body(
+                    {"metadata": {"name": "watched"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+                ),
             )
             core.delete_namespaced_pod("watched", ns)
         seen: list[list[str]] = []

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes import client, watch
+from kubernetes import client
 
 from lab.apiserver import ApiServer, ServerOptions, api_client, kubeconfig
-from tests.apiserver.conftest import pod_body
+from tests.apiserver.conftest import Watcher, pod_body, present, version
+from tests.support import body, meta
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,25 +27,25 @@ def test_state_survives_a_restart_and_the_counter_continues(tmp_path: Path) -> N
     options = ServerOptions(flush_interval=0.05)
     with ApiServer(data_dir=tmp_path, options=options) as first, first.api_client() as api:
         core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": "keep"}})
-        pod = core.create_namespaced_pod("keep", pod_body("p", {"a": "1"}, node="n1"))
+        core.create_namespace(body({"metadata": {"name": "keep"}}))
+        pod = core.create_namespaced_pod("keep", body(pod_body("p", {"a": "1"}, node="n1")))
         core.patch_namespaced_pod_status("p", "keep", {"status": {"phase": "Running"}})
-        core.create_namespaced_pod("keep", pod_body("gone"))
+        core.create_namespaced_pod("keep", body(pod_body("gone")))
         core.delete_namespaced_pod("gone", "keep")
         last_rv = first.store.resource_version
     assert json.loads((tmp_path / "state.json").read_text())["resourceVersion"] == last_rv
     with ApiServer(data_dir=tmp_path, options=options) as second, second.api_client() as api:
         core = client.CoreV1Api(api)
         again = core.read_namespaced_pod("p", "keep")
-        assert again.metadata.uid == pod.metadata.uid
-        assert again.status.phase == "Running"
-        assert [p.metadata.name for p in core.list_namespaced_pod("keep").items] == ["p"]
-        assert int(core.list_namespaced_pod("keep").metadata.resource_version) == last_rv
-        created = core.create_namespaced_pod("keep", pod_body("new"))
-        assert int(created.metadata.resource_version) == last_rv + 1
+        assert meta(again).uid == meta(pod).uid
+        assert present(again.status).phase == "Running"
+        assert [meta(p).name for p in core.list_namespaced_pod("keep").items] == ["p"]
+        assert version(core.list_namespaced_pod("keep")) == last_rv
+        created = core.create_namespaced_pod("keep", body(pod_body("new")))
+        assert version(created) == last_rv + 1
         # The event history does not survive: watching from before the restart is 410 Gone.
         with pytest.raises(client.ApiException) as exc:
-            for _ in watch.Watch().stream(
+            for _ in Watcher().stream(
                 core.list_namespaced_pod, "keep", resource_version=str(last_rv - 1), timeout_seconds=2
             ):
                 pass
@@ -80,9 +81,9 @@ def test_kubeconfig_helper_round_trips_through_the_client(tmp_path: Path) -> Non
         # The official client's own kubeconfig loader accepts it.
         from kubernetes import config as kube_config
 
-        loaded = kube_config.new_client_from_config(config_file=str(path))
+        loaded = kube_config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
         try:
-            assert client.CoreV1Api(loaded).read_namespace("default").metadata.name == "default"
+            assert meta(client.CoreV1Api(loaded).read_namespace("default")).name == "default"
         finally:
             loaded.close()
         # Without the CA the server's certificate is not trusted.
@@ -145,7 +146,7 @@ def test_cli_process_serves_https_with_a_token_and_stops_on_sigterm(
     ca = state / "pki" / "ca.crt"
     with api_client(url, ca_file=ca, token="file-token") as api:
         core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": "from-cli"}})
+        core.create_namespace(body({"metadata": {"name": "from-cli"}}))
     with api_client(url, ca_file=ca, token="wrong") as api, pytest.raises(client.ApiException) as exc:
         client.CoreV1Api(api).list_namespace()
     assert exc.value.status == 401
@@ -160,7 +161,7 @@ def test_cli_process_serves_https_with_a_token_and_stops_on_sigterm(
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     with api_client(url, ca_file=ca, token="file-token") as api:
-        assert client.CoreV1Api(api).read_namespace("from-cli").metadata.name == "from-cli"
+        assert meta(client.CoreV1Api(api).read_namespace("from-cli")).name == "from-cli"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=15) == 0
 

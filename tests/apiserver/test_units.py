@@ -177,7 +177,7 @@ POD = resources.by_kind("Pod")
 
 
 def test_strategic_merge_patch_merges_lists_by_key_and_honours_directives() -> None:
-    original = {
+    original: dict[str, Any] = {
         "metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
         "spec": {
             "containers": [

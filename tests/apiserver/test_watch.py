@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client, watch
+from kubernetes import client
 
 from lab.apiserver import ApiServer, ServerOptions
-from tests.apiserver.conftest import pod_body, raw
+from tests.apiserver.conftest import Watcher, pod_body, present, raw, version
+from tests.support import body, meta
 
 Seen = tuple[str, str, int]  # (event type, object name, resourceVersion)
 
@@ -35,7 +36,7 @@ def _seen(event: dict[str, Any]) -> Seen:
     return (event["type"], obj["metadata"]["name"], int(obj["metadata"]["resourceVersion"]))
 
 
-def _collect(w: watch.Watch, stream: Iterator[dict[str, Any]], count: int) -> list[Seen]:
+def _collect(w: Watcher, stream: Iterator[dict[str, Any]], count: int) -> list[Seen]:
     out: list[Seen] = []
     for event in stream:
         if event["type"] == "BOOKMARK":
@@ -51,29 +52,29 @@ def test_list_then_watch_loses_and_duplicates_nothing_across_a_reconnect(
     core: client.CoreV1Api, namespace: str
 ) -> None:
     for i in range(3):
-        core.create_namespaced_pod(namespace, pod_body(f"pre-{i}"))
+        core.create_namespaced_pod(namespace, body(pod_body(f"pre-{i}")))
     listed = core.list_namespaced_pod(namespace)
-    assert sorted(p.metadata.name for p in listed.items) == ["pre-0", "pre-1", "pre-2"]
+    assert sorted(present(meta(p).name) for p in listed.items) == ["pre-0", "pre-1", "pre-2"]
     expected: list[Seen] = []
 
     def write(round_: int) -> None:
-        p = core.create_namespaced_pod(namespace, pod_body(f"new-{round_}"))
-        expected.append(("ADDED", f"new-{round_}", int(p.metadata.resource_version)))
+        p = core.create_namespaced_pod(namespace, body(pod_body(f"new-{round_}")))
+        expected.append(("ADDED", f"new-{round_}", version(p)))
         p = core.patch_namespaced_pod(
             f"pre-{round_}", namespace, {"metadata": {"labels": {"r": str(round_)}}}
         )
-        expected.append(("MODIFIED", f"pre-{round_}", int(p.metadata.resource_version)))
+        expected.append(("MODIFIED", f"pre-{round_}", version(p)))
         p = core.delete_namespaced_pod(f"new-{round_}", namespace)
-        expected.append(("DELETED", f"new-{round_}", int(p.metadata.resource_version)))
+        expected.append(("DELETED", f"new-{round_}", version(p)))
 
     write(0)
-    w1 = watch.Watch()
+    w1 = Watcher()
     first = _collect(
         w1,
         w1.stream(
             core.list_namespaced_pod,
             namespace,
-            resource_version=listed.metadata.resource_version,
+            resource_version=present(listed.metadata).resource_version,
             timeout_seconds=10,
         ),
         2,
@@ -81,7 +82,7 @@ def test_list_then_watch_loses_and_duplicates_nothing_across_a_reconnect(
     # Disconnected: these happen while nobody watches.
     write(1)
     write(2)
-    w2 = watch.Watch()
+    w2 = Watcher()
     rest = _collect(
         w2,
         w2.stream(
@@ -97,9 +98,9 @@ def test_list_then_watch_loses_and_duplicates_nothing_across_a_reconnect(
 def test_watch_from_unset_resource_version_starts_with_synthetic_adds(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_pod(namespace, pod_body("a"))
-    core.create_namespaced_pod(namespace, pod_body("b"))
-    w = watch.Watch()
+    core.create_namespaced_pod(namespace, body(pod_body("a")))
+    core.create_namespaced_pod(namespace, body(pod_body("b")))
+    w = Watcher()
     events = _collect(w, w.stream(core.list_namespaced_pod, namespace, timeout_seconds=5), 2)
     assert [(t, n) for t, n, _ in events] == [("ADDED", "a"), ("ADDED", "b")]
 
@@ -107,12 +108,12 @@ def test_watch_from_unset_resource_version_starts_with_synthetic_adds(
 def test_bookmarks_carry_the_current_resource_version(small_server: ApiServer) -> None:
     with small_server.api_client() as api:
         core = client.CoreV1Api(api)
-        core.create_namespace({"metadata": {"name": "quiet"}})
-        core.create_namespace({"metadata": {"name": "busy"}})
-        rv = core.list_namespaced_pod("quiet").metadata.resource_version
+        core.create_namespace(body({"metadata": {"name": "quiet"}}))
+        core.create_namespace(body({"metadata": {"name": "busy"}}))
+        rv = present(core.list_namespaced_pod("quiet").metadata).resource_version
         # Activity the watcher does not see (another namespace) still moves its bookmarks forward.
-        busy = core.create_namespaced_pod("busy", pod_body("x"))
-        w = watch.Watch()
+        busy = core.create_namespaced_pod("busy", body(pod_body("x")))
+        w = Watcher()
         bookmarks = []
         started = time.monotonic()
         for event in w.stream(
@@ -130,7 +131,7 @@ def test_bookmarks_carry_the_current_resource_version(small_server: ApiServer) -
         assert time.monotonic() - started < 2.5
         for bookmark in bookmarks:
             assert bookmark["kind"] == "Pod" and bookmark["apiVersion"] == "v1"
-            assert int(bookmark["metadata"]["resourceVersion"]) >= int(busy.metadata.resource_version)
+            assert int(bookmark["metadata"]["resourceVersion"]) >= version(busy)
         # The client resumes from the bookmark's version.
         assert w.resource_version == bookmarks[-1]["metadata"]["resourceVersion"]
 
@@ -138,8 +139,8 @@ def test_bookmarks_carry_the_current_resource_version(small_server: ApiServer) -
 def test_send_initial_events_ends_with_an_annotated_bookmark(
     server: ApiServer, core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_pod(namespace, pod_body("a"))
-    status, body = raw(
+    core.create_namespaced_pod(namespace, body(pod_body("a")))
+    status, reply = raw(
         server,
         "GET",
         f"/api/v1/namespaces/{namespace}/pods?watch=true&sendInitialEvents=true&allowWatchBookmarks=true"
@@ -147,8 +148,8 @@ def test_send_initial_events_ends_with_an_annotated_bookmark(
         parse=False,
     )
     assert status == 200
-    assert isinstance(body, str)
-    events = [json.loads(line) for line in body.splitlines() if line]
+    assert isinstance(reply, str)
+    events = [json.loads(line) for line in reply.splitlines() if line]
     assert [e["type"] for e in events[:2]] == ["ADDED", "BOOKMARK"]
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
@@ -156,23 +157,23 @@ def test_send_initial_events_ends_with_an_annotated_bookmark(
 def test_too_old_resource_version_is_410_gone_then_relist_works(small_server: ApiServer) -> None:
     with small_server.api_client() as api:
         core = client.CoreV1Api(api)
-        old_rv = core.list_namespaced_pod("default").metadata.resource_version
+        old_rv = present(core.list_namespaced_pod("default").metadata).resource_version
         for i in range(8):
-            core.create_namespaced_pod("default", pod_body(f"p{i}"))
+            core.create_namespaced_pod("default", body(pod_body(f"p{i}")))
         # The raw stream: HTTP 200 with one ERROR event carrying a 410 Expired Status.
-        status, body = raw(
+        status, reply = raw(
             small_server,
             "GET",
             f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={old_rv}",
             parse=False,
         )
-        assert status == 200 and isinstance(body, str)
-        event = json.loads(body.splitlines()[0])
+        assert status == 200 and isinstance(reply, str)
+        event = json.loads(reply.splitlines()[0])
         assert event["type"] == "ERROR"
         assert event["object"]["kind"] == "Status"
         assert (event["object"]["code"], event["object"]["reason"]) == (410, "Expired")
         # The official client turns it into ApiException(410).
-        w = watch.Watch()
+        w = Watcher()
         with pytest.raises(client.ApiException) as exc:
             for _ in w.stream(
                 core.list_namespaced_pod, "default", resource_version=old_rv, timeout_seconds=2
@@ -189,13 +190,13 @@ def test_too_old_resource_version_is_410_gone_then_relist_works(small_server: Ap
         relisted = core.list_namespaced_pod("default")
         assert len(relisted.items) == 8
         core.delete_namespaced_pod("p0", "default")
-        w = watch.Watch()
+        w = Watcher()
         events = _collect(
             w,
             w.stream(
                 core.list_namespaced_pod,
                 "default",
-                resource_version=relisted.metadata.resource_version,
+                resource_version=present(relisted.metadata).resource_version,
                 timeout_seconds=5,
             ),
             1,
@@ -209,13 +210,13 @@ def test_too_old_resource_version_is_410_gone_then_relist_works(small_server: Ap
 
 
 def test_label_and_field_selectors_on_list(core: client.CoreV1Api, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, pod_body("a", {"app": "web", "tier": "front"}, node="n1"))
-    core.create_namespaced_pod(namespace, pod_body("b", {"app": "web", "tier": "back"}, node="n2"))
-    core.create_namespaced_pod(namespace, pod_body("c", {"app": "db"}, node="n1"))
+    core.create_namespaced_pod(namespace, body(pod_body("a", {"app": "web", "tier": "front"}, node="n1")))
+    core.create_namespaced_pod(namespace, body(pod_body("b", {"app": "web", "tier": "back"}, node="n2")))
+    core.create_namespaced_pod(namespace, body(pod_body("c", {"app": "db"}, node="n1")))
     core.patch_namespaced_pod_status("c", namespace, {"status": {"phase": "Running"}})
 
     def names(**kwargs: Any) -> list[str]:
-        return [p.metadata.name for p in core.list_namespaced_pod(namespace, **kwargs).items]
+        return [present(meta(p).name) for p in core.list_namespaced_pod(namespace, **kwargs).items]
 
     assert names(label_selector="app=web") == ["a", "b"]
     assert names(label_selector="app==web,tier!=front") == ["b"]
@@ -235,14 +236,14 @@ def test_label_and_field_selectors_on_list(core: client.CoreV1Api, namespace: st
 def test_selectors_on_watch_turn_entering_and_leaving_into_added_and_deleted(
     core: client.CoreV1Api, namespace: str
 ) -> None:
-    core.create_namespaced_pod(namespace, pod_body("a", {"app": "web"}))
-    rv = core.list_namespaced_pod(namespace).metadata.resource_version
-    core.create_namespaced_pod(namespace, pod_body("b", {"app": "db"}))  # never matches
+    core.create_namespaced_pod(namespace, body(pod_body("a", {"app": "web"})))
+    rv = present(core.list_namespaced_pod(namespace).metadata).resource_version
+    core.create_namespaced_pod(namespace, body(pod_body("b", {"app": "db"})))  # never matches
     core.patch_namespaced_pod("a", namespace, {"metadata": {"labels": {"app": "db"}}})  # leaves
     core.patch_namespaced_pod("b", namespace, {"metadata": {"labels": {"app": "web"}}})  # enters
     core.patch_namespaced_pod("b", namespace, {"metadata": {"labels": {"x": "1"}}})  # stays
     core.delete_namespaced_pod("b", namespace)  # deleted while matching
-    w = watch.Watch()
+    w = Watcher()
     events = []
     for event in w.stream(
         core.list_namespaced_pod, namespace, resource_version=rv, label_selector="app=web", timeout_seconds=5
@@ -261,10 +262,10 @@ def test_selectors_on_watch_turn_entering_and_leaving_into_added_and_deleted(
         ("DELETED", "b", "web"),
     ]
     # Field selectors on a watch: only pods bound to node n1.
-    rv = core.list_namespaced_pod(namespace).metadata.resource_version
-    core.create_namespaced_pod(namespace, pod_body("c", node="n2"))
-    core.create_namespaced_pod(namespace, pod_body("d", node="n1"))
-    w = watch.Watch()
+    rv = present(core.list_namespaced_pod(namespace).metadata).resource_version
+    core.create_namespaced_pod(namespace, body(pod_body("c", node="n2")))
+    core.create_namespaced_pod(namespace, body(pod_body("d", node="n1")))
+    w = Watcher()
     got = _collect(
         w,
         w.stream(
@@ -281,20 +282,20 @@ def test_selectors_on_watch_turn_entering_and_leaving_into_added_and_deleted(
 
 def test_paging_serves_a_consistent_snapshot(core: client.CoreV1Api, namespace: str) -> None:
     for i in range(5):
-        core.create_namespaced_pod(namespace, pod_body(f"p{i}"))
+        core.create_namespaced_pod(namespace, body(pod_body(f"p{i}")))
     page = core.list_namespaced_pod(namespace, limit=2)
-    assert [p.metadata.name for p in page.items] == ["p0", "p1"]
-    assert page.metadata.remaining_item_count == 3
-    assert page.metadata._continue
-    snapshot_rv = page.metadata.resource_version
+    assert [meta(p).name for p in page.items] == ["p0", "p1"]
+    assert present(page.metadata).remaining_item_count == 3
+    assert present(page.metadata)._continue
+    snapshot_rv = present(page.metadata).resource_version
     # Changes after the first page do not show up in the following pages.
     core.delete_namespaced_pod("p3", namespace)
-    core.create_namespaced_pod(namespace, pod_body("p2a"))
-    names = [p.metadata.name for p in page.items]
-    while page.metadata._continue:
-        page = core.list_namespaced_pod(namespace, limit=2, _continue=page.metadata._continue)
-        assert page.metadata.resource_version == snapshot_rv
-        names += [p.metadata.name for p in page.items]
+    core.create_namespaced_pod(namespace, body(pod_body("p2a")))
+    names = [meta(p).name for p in page.items]
+    while present(page.metadata)._continue:
+        page = core.list_namespaced_pod(namespace, limit=2, _continue=present(page.metadata)._continue)
+        assert present(page.metadata).resource_version == snapshot_rv
+        names += [meta(p).name for p in page.items]
     assert names == ["p0", "p1", "p2", "p3", "p4"]
     with pytest.raises(client.ApiException) as exc:
         core.list_namespaced_pod(namespace, limit=2, _continue="garbage")
@@ -303,7 +304,7 @@ def test_paging_serves_a_consistent_snapshot(core: client.CoreV1Api, namespace: 
 
 def test_timeout_seconds_is_honoured(core: client.CoreV1Api, namespace: str) -> None:
     started = time.monotonic()
-    w = watch.Watch()
+    w = Watcher()
     events = list(w.stream(core.list_namespaced_pod, namespace, resource_version="1", timeout_seconds=1))
     assert events == [] or all(e["type"] != "ERROR" for e in events)
     assert 0.9 <= time.monotonic() - started < 3
@@ -313,7 +314,7 @@ def test_twenty_watchers_each_see_every_event_of_1000_writes_in_order() -> None:
     writes = 1000
     with ApiServer() as srv, srv.api_client() as api:
         coord = client.CoordinationV1Api(api)
-        rv0 = coord.list_namespaced_lease("default").metadata.resource_version
+        rv0 = present(coord.list_namespaced_lease("default").metadata).resource_version
         results: list[list[Seen]] = [[] for _ in range(20)]
         errors: list[BaseException] = []
         ready = threading.Barrier(21)
@@ -322,7 +323,7 @@ def test_twenty_watchers_each_see_every_event_of_1000_writes_in_order() -> None:
             try:
                 with srv.api_client() as own:
                     own_coord = client.CoordinationV1Api(own)
-                    w = watch.Watch()
+                    w = Watcher()
                     stream = w.stream(
                         own_coord.list_namespaced_lease,
                         "default",
@@ -353,12 +354,12 @@ def test_twenty_watchers_each_see_every_event_of_1000_writes_in_order() -> None:
             name = f"l{i % 50}"
             if i < 50:
                 lease = coord.create_namespaced_lease(
-                    "default", {"metadata": {"name": name}, "spec": {"holderIdentity": "w0"}}
+                    "default", body({"metadata": {"name": name}, "spec": {"holderIdentity": "w0"}})
                 )
-                expected.append(("ADDED", name, int(lease.metadata.resource_version)))
+                expected.append(("ADDED", name, version(lease)))
             else:
                 lease = coord.patch_namespaced_lease(name, "default", {"spec": {"holderIdentity": f"w{i}"}})
-                expected.append(("MODIFIED", name, int(lease.metadata.resource_version)))
+                expected.append(("MODIFIED", name, version(lease)))
         write_time = time.monotonic() - started
         for t in threads:
             t.join(timeout=60)
@@ -373,7 +374,7 @@ def test_a_slow_watcher_never_blocks_writers_and_is_cut_off() -> None:
     options = ServerOptions(watch_queue_size=20)
     with ApiServer(options=options) as srv, srv.api_client() as api:
         core = client.CoreV1Api(api)
-        rv = core.list_namespaced_pod("default").metadata.resource_version
+        rv = present(core.list_namespaced_pod("default").metadata).resource_version
         # A client that asks for a watch and then never reads: tiny receive buffer, big objects.
         slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -383,7 +384,7 @@ def test_a_slow_watcher_never_blocks_writers_and_is_cut_off() -> None:
             "Host: x\r\n\r\n".encode()
         )
         # A fast watcher alongside it must get everything.
-        w = watch.Watch()
+        w = Watcher()
         fast: list[Seen] = []
         fast_thread = threading.Thread(
             target=lambda: fast.extend(
@@ -399,9 +400,9 @@ def test_a_slow_watcher_never_blocks_writers_and_is_cut_off() -> None:
         padding = "x" * 60_000
         started = time.monotonic()
         for i in range(150):
-            body = pod_body(f"big{i}")
-            body["metadata"]["annotations"] = {"pad": padding}
-            core.create_namespaced_pod("default", body)
+            big = pod_body(f"big{i}")
+            big["metadata"]["annotations"] = {"pad": padding}
+            core.create_namespaced_pod("default", body(big))
             core.patch_namespaced_pod(f"big{i}", "default", {"metadata": {"labels": {"n": str(i)}}})
         elapsed = time.monotonic() - started
         fast_thread.join(timeout=60)
