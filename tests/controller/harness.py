@@ -334,6 +334,7 @@ def underlay_state(node: LabNode) -> str:
     parts = [f"--- {node.spec.name}"]
     ovs = node.ovs
     questions: list[tuple[str, Callable[[], str]]] = [
+        ("tnl/ports/show -v", partial(ovs.appctl, "tnl/ports/show", "-v")),
         ("tnl/neigh/show", partial(ovs.appctl, "tnl/neigh/show")),
         ("ovs/route/show", partial(ovs.appctl, "ovs/route/show")),
         ("br-phy ports", partial(ovs.ofctl, "dump-ports", "br-phy")),
@@ -391,11 +392,19 @@ def connect_underlay(a: LabNode, b: LabNode) -> None:
     (ovs-vswitchd reads the namespace's routes) out of the bridge that owns the local tunnel IP,
     and terminates a tunnel packet when that bridge delivers it to its LOCAL port: so the
     tunnel IP sits on br-phy's own interface, and the wire is a port of br-phy.
+
+    phy0 answers ARP only for its own addresses (none), as the agent sets its underlay
+    interface: the userspace datapath reads phy0 without taking it from the kernel, so with
+    Linux's default the kernel also answered the peer's ARP for the tunnel IP, with phy0's MAC.
+    When that answer won, the peer sent its Geneve packets to phy0's MAC, which the tunnel's
+    receive side (it matches br-phy's MAC) ignores, and no reply ever came.
     """
     netns_lib.create_veth(a.ovs.netns, "phy0", b.ovs.netns, "phy0")
     for node in (a, b):
+        wire = netns_lib.Netns(node.ovs.netns)
+        wire.exec("sysctl", "-q", "-w", "net.ipv4.conf.phy0.arp_ignore=1")
         netns_lib.configure_link(node.ovs.netns, "phy0", up=True)
-        netns_lib.Netns(node.ovs.netns).exec("ethtool", "-K", "phy0", "tx", "off")
+        wire.exec("ethtool", "-K", "phy0", "tx", "off")
         node.ovs.add_bridge("br-phy", fail_mode=FailMode.STANDALONE)
         node.ovs.vsctl("add-port", "br-phy", "phy0")
         netns_lib.add_address(node.ovs.netns, "br-phy", f"{node.spec.tunnel_ip}/24")
