@@ -1,5 +1,6 @@
 """Helpers shared by every test folder: the skip-locally, fail-in-CI rule for missing
-prerequisites, polling for a condition, and Kubernetes objects to and from the typed client."""
+prerequisites, polling for a condition, Kubernetes objects to and from the typed client, and
+reading a Prometheus /metrics page."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def body(obj: Mapping[str, Any]) -> Any:
@@ -25,6 +27,17 @@ def meta(obj: Any) -> client.V1ObjectMeta:
     metadata = obj.metadata
     assert isinstance(metadata, client.V1ObjectMeta), obj
     return metadata
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels` on the /metrics page
+    `text` (0 if there are none)."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
 
 
 def in_ci() -> bool:

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from flows.cluster import Cluster
 from flows.compiler import compile_node
@@ -44,7 +43,7 @@ from tests.agent.harness import (
     vswitchd_stopped,
 )
 from tests.conftest import NetnsFactory, OvsNodeFactory
-from tests.support import wait_until
+from tests.support import metric, wait_until
 
 KINDS = ["veth", "internal"]
 METRICS_PORT = 19101  # on the node namespace's own loopback: never taken by anything else
@@ -69,17 +68,12 @@ def veth_bed(ovs_node_factory: OvsNodeFactory, netns: NetnsFactory) -> Iterator[
         yield b
 
 
-def _metrics(bed: AgentBed) -> dict[str, float]:
-    """The agent's metrics (served by `veth_bed`), by sample name with its labels."""
-    text = bed.in_node.run(
+def _metrics_page(bed: AgentBed) -> str:
+    """The agent's /metrics page (served by `veth_bed`), for `tests.support.metric`."""
+    page: str = bed.in_node.run(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
     )
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+    return page
 
 
 def _ip_records(bed: AgentBed) -> list[str]:
@@ -114,9 +108,9 @@ def test_node_setup_bridge_gateway_tunnel_and_annotations(veth_bed: AgentBed) ->
     assert "inet " not in lab_netns.Netns(node.netns).ip("-4", "addr", "show", "dev", "uplink0").stdout
     assert "br-phy" in node.appctl("ovs/route/show")
     # the metrics endpoint counts the STATUS calls the fixture made
-    metrics = _metrics(bed)
-    assert metrics['sluice_agent_cni_requests_total{code="0",command="STATUS"}'] >= 1
-    assert metrics["sluice_agent_ready"] == 1
+    page = _metrics_page(bed)
+    assert metric(page, "sluice_agent_cni_requests_total", code="0", command="STATUS") >= 1
+    assert metric(page, "sluice_agent_ready") == 1
     # the socket: mode 0600
     mode = stat.S_IMODE(os.stat(bed.socket_path).st_mode)
     assert mode == 0o600
@@ -217,16 +211,19 @@ def test_add_fails_with_11_when_flows_never_come_and_retry_succeeds(veth_bed: Ag
     assert ipaddress.IPv4Interface(result["ips"][0]["address"]).ip == ipaddress.IPv4Address(records[0])
     assert _ip_records(bed) == records
     # what an operator sees: one wait timed out, the retry's was answered; one address of 253 in use
-    metrics = _metrics(bed)
-    assert metrics['sluice_agent_flow_wait_seconds_count{result="timeout"}'] == 1
-    assert metrics['sluice_agent_flow_wait_seconds_sum{result="timeout"}'] >= FLOW_WAIT - 0.5
-    assert metrics['sluice_agent_flow_wait_seconds_count{result="ready"}'] == 1
+    page = _metrics_page(bed)
+    assert metric(page, "sluice_agent_flow_wait_seconds_count", result="timeout") == 1
+    assert metric(page, "sluice_agent_flow_wait_seconds_sum", result="timeout") >= FLOW_WAIT - 0.5
+    assert metric(page, "sluice_agent_flow_wait_seconds_count", result="ready") == 1
     assert (
-        metrics["sluice_agent_ipam_allocated_addresses"],
-        metrics["sluice_agent_ipam_usable_addresses"],
+        metric(page, "sluice_agent_ipam_allocated_addresses"),
+        metric(page, "sluice_agent_ipam_usable_addresses"),
     ) == (1, 253)
     bed.cni("DEL", "web-1").ok()
-    assert _metrics(bed)["sluice_agent_ipam_allocated_addresses"] == 0
+    page = _metrics_page(bed)
+    # still reported (a sample line, not only its HELP), now as none
+    assert "\nsluice_agent_ipam_allocated_addresses 0.0\n" in page
+    assert metric(page, "sluice_agent_ipam_allocated_addresses") == 0
 
 
 def test_del_releases_everything_and_is_idempotent(bed: AgentBed) -> None:

@@ -31,8 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from controller import annotations as ann
 from flows.cluster import Cluster, NodeSpec, PodSpec
 from flows.compiler import compile_node
@@ -43,6 +41,7 @@ from lab import netns as netns_lib
 from lab.ovs import Daemon, FailMode, OvsError, OvsNode
 from lab.relay import Relay
 from lab.traffic import ping
+from tests.support import metric
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +281,7 @@ class ControllerProcess:
         """Return the sum of the samples of `name` whose labels include `labels` (0 if none)."""
         code, text = self.http("/metrics")
         assert code == 200, f"/metrics answered {code}"
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return metric(text, name, **labels)
 
     def reconciled(self, node: str) -> bool:
         """Whether the current run has reconciled `node` and found it in sync at least once."""
