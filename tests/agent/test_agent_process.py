@@ -1042,20 +1042,23 @@ def test_periodic_resync_removes_what_belongs_to_nothing_and_keeps_live_pods(
             "external_ids:sluice.io/namespace=default", "external_ids:sluice.io/name=web-9",
         )  # fmt: skip
         stale_port = port_name("default", "web-2")
+        # The whole end state: a resync frees web-2's address a moment after it removes its port,
+        # and the orphan address can go one resync earlier (one that listed the Pods just before
+        # web-2's was deleted), so no single part of it says the resync is done.
         wait_until(
             lambda: (
                 bed.ofport(stale_port) is None
                 and bed.ofport("garbled0") is None
-                and str(orphan.ip) not in _ip_records(bed)
+                and _ip_records(bed) == [web1_ip]
                 and not lab_netns.link_exists(bed.node.netns, "orphan-0123abcd")
             ),
             15,
-            "the resync to remove the stale port, the garbled port, the orphan address and link",
-            detail=bed.agent_log,
+            "the resync to remove the stale port and address, the garbled port, the orphan address and link",
+            detail=lambda: f"IPAM records {_ip_records(bed)}\n{bed.agent_log()}",
         )
         assert "port garbled0: unreadable identity" in bed.agent_log()
         assert not lab_netns.link_exists(bed.node.netns, stale_port)
-        assert _ip_records(bed) == [web1_ip]
+        assert _ip_records(bed) == [web1_ip] and str(orphan.ip) != web1_ip
         after = (bed.ofport(live_port), _ifindex(bed.node.netns, live_port), _ifindex(live_ns, "eth0"))
         assert after == before
         assert ping(live_ns, GATEWAY, count=1).received >= 1
